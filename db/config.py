@@ -1,0 +1,27 @@
+"""Where the store lives: the part of the settings the database layer needs.
+
+Environment variables use the prefix `CAPSTUDIO_` (e.g. `CAPSTUDIO_DATABASE_URL`).
+`pipeline.settings.Settings` extends this class with everything else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CAPSTUDIO_"
+
+
+class StoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    """Folder for the SQLite database, exports, students and job logs."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default: sqlite:///<data_dir>/studio.db"""
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'studio.db').resolve()}"

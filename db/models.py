@@ -1,0 +1,168 @@
+"""SQLModel tables: images, teacher drafts, review state, the review event log, jobs, lineage."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SourceKind(str, enum.Enum):
+    bundled = "bundled"
+    cifar10 = "cifar10"
+    folder = "folder"
+    upload = "upload"
+
+
+class ReviewState(str, enum.Enum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    skipped = "skipped"
+
+
+class ReviewAction(str, enum.Enum):
+    approve = "approve"
+    edit_approve = "edit_approve"
+    reject = "reject"
+    skip = "skip"
+    undo = "undo"
+    reopen = "reopen"
+
+
+class RejectReason(str, enum.Enum):
+    wrong_object = "wrong_object"
+    hallucination = "hallucination"
+    too_vague = "too_vague"
+    unreadable_image = "unreadable_image"
+    refusal = "refusal"
+    other = "other"
+
+
+class JobKind(str, enum.Enum):
+    caption = "caption"
+    export = "export"
+    train = "train"
+    evaluate = "evaluate"
+    compare = "compare"
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Image(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    source_kind: SourceKind = Field(index=True)
+    source_key: str  # e.g. "cifar10:test:123", "bundled:cat/cat_0001.png", a file path
+    label: str = Field(index=True)
+    content_hash: str = Field(unique=True, index=True)  # sha256 of the decoded RGB pixels
+    width: int
+    height: int
+    png: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Draft(SQLModel, table=True):
+    """A teacher caption; never edited in place (a regeneration is a new row)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: int = Field(foreign_key="image.id", index=True)
+    text: str
+    model_id: str
+    model_revision: str | None = None
+    prompt: str
+    generation_params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    processor_params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    flags: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Review(SQLModel, table=True):
+    """The review state of one image; `version` refuses stale writes."""
+
+    # the queue asks "first free pending item of class X": one index answers it
+    __table_args__ = (Index("ix_review_queue", "state", "label", "image_id"),)
+
+    image_id: int = Field(foreign_key="image.id", primary_key=True)
+    label: str = Field(index=True)  # copy of the image's class, for fast balanced queues
+    state: ReviewState = Field(default=ReviewState.pending, index=True)
+    draft_id: int | None = Field(default=None, foreign_key="draft.id")
+    final_caption: str | None = None
+    reviewer: str | None = Field(default=None, index=True)
+    reject_reason: RejectReason | None = None
+    note: str | None = None
+    flag_count: int = Field(default=0, index=True)
+    decided_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+    version: int = 1
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = Field(default=None, index=True)
+
+
+class ReviewEvent(SQLModel, table=True):
+    """Append-only log of every review decision."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: int = Field(foreign_key="image.id", index=True)
+    reviewer: str = Field(index=True)
+    action: ReviewAction
+    before_state: ReviewState
+    after_state: ReviewState
+    before_caption: str | None = None
+    after_caption: str | None = None
+    reject_reason: RejectReason | None = None
+    note: str | None = None
+    undone: bool = False
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Job(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: JobKind = Field(index=True)
+    params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: JobStatus = Field(default=JobStatus.queued, index=True)
+    done: int = 0
+    total: int = 0
+    message: str | None = None
+    error: str | None = None
+    log_path: str | None = None
+    result: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    pid: int | None = None
+    cancel_requested: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class SnapshotRecordRow(SQLModel, table=True):
+    """An export snapshot known to the store (the files live on disk, immutable)."""
+
+    __tablename__ = "snapshot"
+    id: str = Field(primary_key=True)  # the snapshot id, also its folder name
+    path: str
+    content_hash: str = Field(index=True)
+    n_items: int
+    reviewers: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    image_ids: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Student(SQLModel, table=True):
+    """A trained student folder and the snapshot it came from (lineage)."""
+
+    __table_args__ = (UniqueConstraint("path"),)
+    id: int | None = Field(default=None, primary_key=True)
+    path: str
+    snapshot_id: str = Field(foreign_key="snapshot.id", index=True)
+    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)

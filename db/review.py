@@ -1,0 +1,302 @@
+"""Review decisions: the queue (claims that expire), approve/edit/reject/skip, undo, counts.
+
+Every decision checks the version the reviewer saw: a decision made on a stale view is
+refused (StaleWriteError) instead of overwriting someone else's.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, select
+
+from db.errors import (
+    ClaimedError, InvalidActionError, InvalidCaptionError, NothingToUndoError, StaleWriteError,
+)
+from db.models import (
+    Draft, Image, RejectReason, Review, ReviewAction, ReviewEvent, ReviewState, utcnow,
+)
+
+MAX_CAPTION_CHARS = 2000
+CLAIM_TTL = timedelta(minutes=10)
+
+
+class QueueOrder(str, enum.Enum):
+    balanced = "balanced"  # classes furthest from their target first
+    risk = "risk"  # most auto-flags first
+    oldest = "oldest"
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """What the review page shows for one item (plain data, safe to cache)."""
+
+    image_id: int
+    label: str
+    state: ReviewState
+    version: int
+    png: bytes
+    draft_id: int | None
+    draft_text: str
+    final_caption: str | None
+    flags: tuple[str, ...]
+    provenance: dict
+    reviewer: str | None
+    claimed_by: str | None
+
+
+def validate_caption(text: str | None) -> str:
+    """Return the caption as stored (surrounding whitespace removed) or raise."""
+    if text is None or not text.strip():
+        raise InvalidCaptionError("The caption is empty: write a caption or reject the item.")
+    text = text.strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        raise InvalidCaptionError(
+            f"The caption has {len(text)} characters; the limit is {MAX_CAPTION_CHARS}."
+        )
+    return text
+
+
+def claim_next(
+    session: Session,
+    *,
+    reviewer: str,
+    order: QueueOrder = QueueOrder.balanced,
+    targets: dict[str, int] | None = None,
+    label: str | None = None,
+    flag: str | None = None,
+    now: datetime | None = None,
+    ttl: timedelta = CLAIM_TTL,
+) -> ReviewItem | None:
+    """Claim the next item for `reviewer` (their own live claim first); None when done."""
+    now = now or utcnow()
+    own = session.exec(
+        select(Review).where(
+            Review.claimed_by == reviewer, Review.claim_expires_at > now,
+            Review.state == ReviewState.pending, Review.draft_id.is_not(None),
+        )
+    ).first()
+    review = own or _next_free(session, order=order, targets=targets, label=label, flag=flag, now=now)
+    if review is None:
+        return None
+    review.claimed_by, review.claim_expires_at = reviewer, now + ttl
+    session.add(review)
+    session.flush()
+    return load_item(session, image_id=review.image_id)
+
+
+def _free(now: datetime):  # noqa: ANN202
+    return or_(Review.claimed_by.is_(None), Review.claim_expires_at <= now)
+
+
+def _next_free(session: Session, *, order, targets, label, flag, now) -> Review | None:  # noqa: ANN001
+    for state in (ReviewState.pending, ReviewState.skipped):
+        base = select(Review).where(
+            Review.state == state, Review.draft_id.is_not(None), _free(now)
+        )
+        if flag is not None:
+            base = base.join(Draft, Draft.id == Review.draft_id).where(
+                func.json_extract(Draft.flags, "$").like(f'%"{flag}"%')
+            )
+        labels = [label] if label else _labels_by_need(session, targets=targets)
+        if order == QueueOrder.oldest or not labels:
+            found = session.exec(base.order_by(Review.image_id).limit(1)).first()
+            if found is not None:
+                return found
+            continue
+        for lab in labels:
+            stmt = base.where(Review.label == lab)
+            if order == QueueOrder.risk:
+                stmt = stmt.order_by(Review.flag_count.desc(), Review.image_id)
+            else:
+                stmt = stmt.order_by(Review.image_id)
+            found = session.exec(stmt.limit(1)).first()
+            if found is not None:
+                return found
+    return None
+
+
+def _labels_by_need(session: Session, *, targets: dict[str, int] | None) -> list[str]:
+    """Labels ordered by how far they are from their approved target (furthest first)."""
+    approved = approved_counts(session)
+    labels = sorted(set(targets or {}) | set(label_list(session)))
+    target = targets or {}
+    return sorted(labels, key=lambda lab: (-(target.get(lab, 0) - approved.get(lab, 0)), lab))
+
+
+def label_list(session: Session) -> list[str]:
+    return list(session.exec(select(Review.label).distinct()).all())
+
+
+def approved_counts(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(Review.label, func.count()).where(Review.state == ReviewState.approved)
+        .group_by(Review.label)
+    ).all()
+    return {lab: n for lab, n in rows}
+
+
+def counts_by_class(session: Session) -> dict[str, dict[str, int]]:
+    """{label: {state: n}} for every label in the store, every state present (0 when none)."""
+    rows = session.exec(select(Review.label, Review.state, func.count()).group_by(Review.label, Review.state)).all()
+    out: dict[str, dict[str, int]] = {}
+    for lab, state, n in rows:
+        out.setdefault(lab, {s.value: 0 for s in ReviewState})[ReviewState(state).value] = n
+    return dict(sorted(out.items()))
+
+
+def load_item(session: Session, *, image_id: int) -> ReviewItem:
+    review = session.get(Review, image_id)
+    if review is None:
+        raise InvalidActionError(f"No item with image id {image_id}.")
+    image = session.get(Image, image_id)
+    draft = session.get(Draft, review.draft_id) if review.draft_id else None
+    provenance = {}
+    if draft is not None:
+        provenance = {
+            "model_id": draft.model_id, "model_revision": draft.model_revision,
+            "prompt": draft.prompt, "generation_params": draft.generation_params,
+            "processor_params": draft.processor_params, "created_at": str(draft.created_at),
+            "draft_id": draft.id,
+        }
+    return ReviewItem(
+        image_id=image_id, label=review.label, state=ReviewState(review.state),
+        version=review.version, png=image.png, draft_id=review.draft_id,
+        draft_text=draft.text if draft else "", final_caption=review.final_caption,
+        flags=tuple(draft.flags) if draft else (), provenance=provenance,
+        reviewer=review.reviewer, claimed_by=review.claimed_by,
+    )
+
+
+def decide(
+    session: Session,
+    *,
+    image_id: int,
+    reviewer: str,
+    action: ReviewAction,
+    expected_version: int,
+    caption: str | None = None,
+    reason: RejectReason | None = None,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> Review:
+    """Apply one decision to one item, log it, release the claim; refuse stale or bad input."""
+    now = now or utcnow()
+    if not reviewer or not reviewer.strip():
+        raise InvalidActionError("Choose a reviewer name first.")
+    review = session.get(Review, image_id)
+    if review is None:
+        raise InvalidActionError(f"No item with image id {image_id}.")
+    if review.version != expected_version:
+        raise StaleWriteError(
+            f"Item {image_id} changed since you opened it (it is now {review.state.value}, "
+            f"by {review.reviewer or 'nobody'}). Your decision was not saved; reload to see it."
+        )
+    if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:
+        raise ClaimedError(f"Item {image_id} is being reviewed by {review.claimed_by}.")
+    draft = session.get(Draft, review.draft_id) if review.draft_id else None
+    new_state, new_caption, new_reason = _apply(action, review, draft, caption, reason)
+    event = ReviewEvent(
+        image_id=image_id, reviewer=reviewer, action=action, before_state=review.state,
+        after_state=new_state, before_caption=review.final_caption, after_caption=new_caption,
+        reject_reason=new_reason, note=note or None, created_at=now,
+    )
+    review.state, review.final_caption, review.reject_reason = new_state, new_caption, new_reason
+    review.note, review.reviewer, review.decided_at, review.updated_at = note or None, reviewer, now, now
+    review.version += 1
+    review.claimed_by = review.claim_expires_at = None
+    session.add(review)
+    session.add(event)
+    session.flush()
+    return review
+
+
+def _apply(action, review, draft, caption, reason):  # noqa: ANN001, ANN202
+    if action == ReviewAction.approve:
+        if draft is None:
+            raise InvalidActionError("This item has no teacher draft to approve.")
+        text = caption if caption is not None else draft.text
+        return ReviewState.approved, validate_caption(text), None
+    if action == ReviewAction.edit_approve:
+        return ReviewState.approved, validate_caption(caption), None
+    if action == ReviewAction.reject:
+        if reason is None:
+            raise InvalidActionError("A reject needs a reason.")
+        return ReviewState.rejected, None, RejectReason(reason)
+    if action == ReviewAction.skip:
+        return ReviewState.skipped, None, None
+    if action == ReviewAction.reopen:
+        return ReviewState.pending, None, None
+    raise InvalidActionError(f"{action} is not a decision; use undo_last for undo.")
+
+
+def undo_last(session: Session, *, reviewer: str, now: datetime | None = None) -> Review:
+    """Undo `reviewer`'s newest decision, if nobody changed that item since."""
+    now = now or utcnow()
+    event = session.exec(
+        select(ReviewEvent).where(
+            ReviewEvent.reviewer == reviewer, ReviewEvent.undone.is_(False),
+            ReviewEvent.action != ReviewAction.undo,
+        ).order_by(ReviewEvent.id.desc()).limit(1)
+    ).first()
+    if event is None:
+        raise NothingToUndoError("There is no decision of yours to undo.")
+    latest = session.exec(
+        select(ReviewEvent).where(ReviewEvent.image_id == event.image_id)
+        .order_by(ReviewEvent.id.desc()).limit(1)
+    ).first()
+    if latest.id != event.id:
+        raise StaleWriteError(f"Item {event.image_id} was changed after your decision; it cannot be undone.")
+    review = session.get(Review, event.image_id)
+    prior = session.exec(
+        select(ReviewEvent).where(ReviewEvent.image_id == event.image_id, ReviewEvent.id < event.id,
+                                  ReviewEvent.undone.is_(False), ReviewEvent.action != ReviewAction.undo)
+        .order_by(ReviewEvent.id.desc()).limit(1)
+    ).first()
+    session.add(ReviewEvent(
+        image_id=review.image_id, reviewer=reviewer, action=ReviewAction.undo,
+        before_state=review.state, after_state=event.before_state,
+        before_caption=review.final_caption, after_caption=event.before_caption, created_at=now,
+    ))
+    event.undone = True
+    review.state, review.final_caption = event.before_state, event.before_caption
+    review.reject_reason = prior.reject_reason if prior and event.before_state == ReviewState.rejected else None
+    review.reviewer = prior.reviewer if prior else None
+    review.decided_at = prior.created_at if prior else None
+    review.updated_at = now
+    review.version += 1
+    # the reviewer gets the item back in hand
+    review.claimed_by, review.claim_expires_at = reviewer, now + CLAIM_TTL
+    session.add_all([event, review])
+    session.flush()
+    return review
+
+
+def release_claims(session: Session, *, reviewer: str) -> int:
+    """Drop every claim a reviewer holds (e.g. when they change their name)."""
+    rows = session.exec(select(Review).where(Review.claimed_by == reviewer)).all()
+    for r in rows:
+        r.claimed_by = r.claim_expires_at = None
+        session.add(r)
+    return len(rows)
+
+
+def events_for_image(session: Session, *, image_id: int) -> list[ReviewEvent]:
+    return list(session.exec(select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)).all())
+
+
+def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime | None = None,
+               ttl: timedelta = CLAIM_TTL) -> ReviewItem:
+    """Open one chosen item for `reviewer` (e.g. from Browse); refused while someone else holds it."""
+    now = now or utcnow()
+    review = session.get(Review, image_id)
+    if review is None:
+        raise InvalidActionError(f"No item with image id {image_id}.")
+    if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:
+        raise ClaimedError(f"Item {image_id} is being reviewed by {review.claimed_by}.")
+    review.claimed_by, review.claim_expires_at = reviewer, now + ttl
+    session.add(review)
+    session.flush()
+    return load_item(session, image_id=image_id)

@@ -1,0 +1,5 @@
+"""Entry point: `python -m pipeline ...` (see pipeline/cli.py)."""
+from pipeline.cli import app
+
+if __name__ == "__main__":
+    app()

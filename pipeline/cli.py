@@ -1,0 +1,17 @@
+"""Command line: `python -m pipeline --help`.
+
+Each command is a typed function (the signature is the CLI); long commands accept
+`--job-id` so the app can run them as jobs and watch their progress in the store.
+"""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="Caption-curation studio: import images, draft captions with the teacher, export, "
+    "train and evaluate the student.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# Commands are registered from their own modules below (one module per noun).

@@ -1,0 +1,126 @@
+"""Running long work as jobs: start a CLI process for a job row, and report progress into it.
+
+The app calls `launch_job(...)`: it creates the row and starts `python -m pipeline <command>
+... --job-id N` in its own process, logging to data/jobs/<N>.log. The command wraps its work in
+`JobReporter(settings, job_id)`, which writes progress, honours cancel requests, and records
+how the job ended. A browser refresh loses nothing: everything lives in the row.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from db.engine import make_engine, session_scope
+from db.jobs import cancel_requested, create_job, finish_job, start_job, update_progress
+from db.models import JobKind, JobStatus
+from pipeline.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobCancelled(Exception):
+    """Raised inside the work when the job's cancel was requested."""
+
+
+def launch_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dict) -> int:
+    """Create a job row and start `python -m pipeline <argv> --job-id N` detached; returns N."""
+    engine = make_engine(settings.resolved_database_url)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    with session_scope(engine) as s:
+        job = create_job(s, kind=kind, params=params)
+        job_id = job.id
+        log_path = settings.jobs_dir / f"{job_id}.log"
+        job.log_path = str(log_path)
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(Path(settings.data_dir).resolve()),
+           "PYTHONUNBUFFERED": "1"}
+    if settings.database_url:
+        env["CAPSTUDIO_DATABASE_URL"] = settings.database_url
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *argv, "--job-id", str(job_id)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    with session_scope(engine) as s:
+        start_job(s, job_id=job_id, pid=proc.pid)
+    engine.dispose()
+    return job_id
+
+
+class JobReporter:
+    """Progress and cancellation for one job row; a no-op when job_id is None (plain CLI runs).
+
+    Use as a context manager: it marks the job done, failed (with the error) or cancelled.
+    Progress writes are throttled so that a fast loop does not hammer the database.
+    """
+
+    def __init__(self, settings: Settings, job_id: int | None, *, min_interval_s: float = 0.5):
+        self.job_id = job_id
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._engine = make_engine(settings.resolved_database_url) if job_id is not None else None
+        self.result: dict = {}
+
+    def __enter__(self) -> "JobReporter":
+        if self._engine is not None:
+            with session_scope(self._engine) as s:
+                start_job(s, job_id=self.job_id, pid=os.getpid())
+        return self
+
+    def progress(self, done: int, total: int | None = None, message: str | None = None, *,
+                 force: bool = False, result: dict | None = None) -> None:
+        """Write progress (throttled); raise JobCancelled when a cancel was requested."""
+        if self._engine is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval_s and (total is None or done < total):
+            return
+        self._last = now
+        with session_scope(self._engine) as s:
+            update_progress(s, job_id=self.job_id, done=done, total=total, message=message, result=result)
+            cancelled = cancel_requested(s, job_id=self.job_id)
+        if cancelled:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def should_stop(self) -> bool:
+        if self._engine is None:
+            return False
+        with session_scope(self._engine) as s:
+            return cancel_requested(s, job_id=self.job_id)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        if self._engine is None:
+            return False
+        if exc_type is None:
+            status, error = JobStatus.done, None
+        elif issubclass(exc_type, JobCancelled) or (exc_type is KeyboardInterrupt):
+            status, error = JobStatus.cancelled, None
+        else:
+            status, error = JobStatus.failed, "".join(traceback.format_exception_only(exc_type, exc)).strip()
+        with session_scope(self._engine) as s:
+            finish_job(s, job_id=self.job_id, status=status, error=error, result=self.result)
+        self._engine.dispose()
+        return exc_type is not None and issubclass(exc_type, JobCancelled)
+
+
+def wait_for_job(settings: Settings, job_id: int, *, timeout_s: float = 300, poll_s: float = 0.5):  # noqa: ANN201
+    """Block until the job ends (for tests and scripts); returns the final row."""
+    from db.jobs import get_job
+
+    engine = make_engine(settings.resolved_database_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            with session_scope(engine) as s:
+                job = get_job(s, job_id=job_id)
+            if job.status not in (JobStatus.queued, JobStatus.running):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s}s")
+            time.sleep(poll_s)
+    finally:
+        engine.dispose()

@@ -1,0 +1,283 @@
+"""Export snapshots on disk: the one format the exporter writes and the student reads.
+
+A snapshot is an immutable folder in the Hugging Face `imagefolder` layout:
+
+    <root>/<snapshot_id>/
+        manifest.json            counts, content hash, provenance, split, config
+        README.md                dataset card
+        data.parquet             every row (image bytes + text + ids + split)
+        train/metadata.jsonl     one JSON object per image in train/
+        train/<file>.png
+        validation/metadata.jsonl
+        validation/<file>.png
+
+`datasets.load_dataset("imagefolder", data_dir=<snapshot>)` loads it with a train and a
+validation split; the `text` column holds the approved caption.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+SPLITS = ("train", "validation")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One approved pair as it goes into (and comes out of) a snapshot."""
+
+    image_png: bytes  # the 32x32 RGB image, PNG-encoded
+    text: str  # the approved (final) caption
+    label: str  # CIFAR-10 class name
+    item_id: str = ""  # id in the store (image id), or any stable key
+    teacher_draft: str = ""
+    reviewer: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.image_png)).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot read back from disk."""
+
+    path: Path
+    manifest: dict
+    train: list[SnapshotRecord]
+    validation: list[SnapshotRecord]
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.manifest["snapshot_id"]
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+
+class SnapshotExistsError(FileExistsError):
+    """A snapshot with that id is already on disk: snapshots are never overwritten."""
+
+
+def content_hash(records: Iterable[SnapshotRecord]) -> str:
+    """sha256 over (image bytes, caption, label) of every record, in a canonical order."""
+    digests = sorted(
+        hashlib.sha256(r.image_png).hexdigest() + "\t" + r.label + "\t" + r.text for r in records
+    )
+    return hashlib.sha256("\n".join(digests).encode("utf-8")).hexdigest()
+
+
+def assign_splits(records: list[SnapshotRecord], *, val_fraction: float, seed: int) -> dict[str, str]:
+    """Stratified split by class: {item_key: "train" | "validation"}, stable for a seed.
+
+    Each class with at least 2 items keeps at least one in each split when val_fraction > 0.
+    """
+    by_class: dict[str, list[SnapshotRecord]] = defaultdict(list)
+    for r in records:
+        by_class[r.label].append(r)
+    out: dict[str, str] = {}
+    for label, items in sorted(by_class.items()):
+        items = sorted(items, key=_record_key)
+        random.Random(f"{seed}:{label}").shuffle(items)
+        n_val = round(len(items) * val_fraction)
+        if val_fraction > 0 and len(items) >= 2:
+            n_val = min(max(n_val, 1), len(items) - 1)
+        for i, r in enumerate(items):
+            out[_record_key(r)] = "validation" if i < n_val else "train"
+    return out
+
+
+def _record_key(r: SnapshotRecord) -> str:
+    return hashlib.sha256(r.image_png).hexdigest()[:16] + ":" + r.item_id
+
+
+def write_snapshot(
+    records: list[SnapshotRecord],
+    root: Path,
+    *,
+    snapshot_id: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    provenance: dict | None = None,
+    card_text: str = "",
+) -> Path:
+    """Write records as a new snapshot under root, atomically; returns its folder.
+
+    Everything is written to a temporary folder beside the target and renamed into place,
+    so a crash leaves no partial snapshot. The files are made read-only afterwards.
+    """
+    if not records:
+        raise ValueError("a snapshot needs at least one record")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    chash = content_hash(records)
+    if snapshot_id is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        snapshot_id = f"snap-{stamp}-{chash[:8]}"
+    final = root / snapshot_id
+    if final.exists():
+        raise SnapshotExistsError(f"snapshot {snapshot_id} already exists at {final}")
+    splits = assign_splits(records, val_fraction=val_fraction, seed=seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}.", dir=root))
+    try:
+        _write_files(tmp, records, splits)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "snapshot_id": snapshot_id,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "content_hash": chash,
+            "n_items": len(records),
+            "counts_per_class": dict(sorted(Counter(r.label for r in records).items())),
+            "split_counts": dict(Counter(splits.values())),
+            "split": {"val_fraction": val_fraction, "seed": seed},
+            "provenance": provenance or {},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        (tmp / "README.md").write_text(card_text or _default_card(manifest))
+        _fsync_tree(tmp)
+        os.rename(tmp, final)  # atomic on one filesystem
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _make_read_only(final)
+    return final
+
+
+def _write_files(folder: Path, records: list[SnapshotRecord], splits: dict[str, str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    meta: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for r in sorted(records, key=_record_key):
+        split = splits[_record_key(r)]
+        digest = hashlib.sha256(r.image_png).hexdigest()[:12]
+        file_name = f"{r.label}_{digest}.png"
+        (folder / split).mkdir(exist_ok=True)
+        (folder / split / file_name).write_bytes(r.image_png)
+        row = {
+            "file_name": file_name,
+            "text": r.text,
+            "label": r.label,
+            "teacher_draft": r.teacher_draft,
+            "reviewer": r.reviewer,
+            "item_id": r.item_id,
+            "extra": json.dumps(r.extra, sort_keys=True, ensure_ascii=False),
+        }
+        meta[split].append(row)
+        rows.append({**row, "split": split, "image": r.image_png})
+    for split, lines in meta.items():
+        if lines:
+            body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+            (folder / split / "metadata.jsonl").write_text(body, encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data.parquet")
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Read a snapshot folder back into records (images as PNG bytes)."""
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{path} is not a snapshot: no manifest.json")
+    manifest = json.loads(manifest_file.read_text())
+    parts: dict[str, list[SnapshotRecord]] = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        meta = path / split / "metadata.jsonl"
+        if not meta.exists():
+            continue
+        for line in meta.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            parts[split].append(
+                SnapshotRecord(
+                    image_png=(path / split / row["file_name"]).read_bytes(),
+                    text=row["text"],
+                    label=row["label"],
+                    item_id=row.get("item_id", ""),
+                    teacher_draft=row.get("teacher_draft", ""),
+                    reviewer=row.get("reviewer", ""),
+                    extra=json.loads(row.get("extra") or "{}"),
+                )
+            )
+    return Snapshot(path=path, manifest=manifest, train=parts["train"], validation=parts["validation"])
+
+
+def list_snapshots(root: Path) -> list[dict]:
+    """Manifests of every complete snapshot under root, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / "manifest.json").is_file():
+            continue
+        m = json.loads((d / "manifest.json").read_text())
+        m["path"] = str(d)
+        out.append(m)
+    return sorted(out, key=lambda m: m.get("created_at", ""), reverse=True)
+
+
+def _default_card(manifest: dict) -> str:
+    counts = "\n".join(f"| {k} | {v} |" for k, v in manifest["counts_per_class"].items())
+    prov = json.dumps(manifest["provenance"], indent=2, ensure_ascii=False)
+    return f"""---
+task_categories: [image-to-text]
+---
+# Caption snapshot `{manifest['snapshot_id']}`
+
+Reviewed image-caption pairs: CIFAR-10 images (32x32 RGB) with captions drafted by a
+teacher vision-language model and approved or edited by human reviewers.
+
+- items: {manifest['n_items']} ({manifest['split_counts']})
+- content hash (sha256 over images, labels and captions): `{manifest['content_hash']}`
+- created: {manifest['created_at']}
+
+Load with `datasets.load_dataset("imagefolder", data_dir="<this folder>")`.
+
+| class | items |
+|---|---:|
+{counts}
+
+## Provenance
+
+```json
+{prov}
+```
+
+## Source images
+
+CIFAR-10: Alex Krizhevsky, *Learning Multiple Layers of Features from Tiny Images*,
+Technical Report, University of Toronto, 2009.
+"""
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _make_read_only(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)
+
+
+__all__ = [
+    "Snapshot", "SnapshotRecord", "SnapshotExistsError", "write_snapshot", "read_snapshot",
+    "list_snapshots", "content_hash", "assign_splits", "asdict",
+]

@@ -10,12 +10,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; for SQLite: WAL, foreign keys, a busy timeout for concurrent writers."""
+def _ensure_sqlite_folder(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; for SQLite: WAL, foreign keys, a busy timeout for concurrent writers."""
+    if url.startswith("sqlite"):
+        _ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -54,6 +59,7 @@ def upgrade_to_head(url: str) -> None:
     """Bring the database at `url` to the newest schema with Alembic."""
     from alembic import command
 
+    _ensure_sqlite_folder(url)
     command.upgrade(alembic_config(url), "head")
 
 

@@ -166,3 +166,7 @@ class Student(SQLModel, table=True):
     snapshot_id: str = Field(foreign_key="snapshot.id", index=True)
     metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# "Most auto-flags first" within a class reads this index in order (no sort over the class).
+Index("ix_review_risk", Review.state, Review.label, Review.flag_count.desc(), Review.image_id)

@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_
+from sqlalchemy import String, cast, func, or_
 from sqlmodel import Session, select
 
 from db.errors import (
@@ -97,8 +97,9 @@ def _next_free(session: Session, *, order, targets, label, flag, now) -> Review 
             Review.state == state, Review.draft_id.is_not(None), _free(now)
         )
         if flag is not None:
+            # flag_count > 0 skips clean items before the JSON text of their draft is read
             base = base.join(Draft, Draft.id == Review.draft_id).where(
-                func.json_extract(Draft.flags, "$").like(f'%"{flag}"%')
+                Review.flag_count > 0, cast(Draft.flags, String).like(f'%"{flag}"%')
             )
         labels = [label] if label else _labels_by_need(session, targets=targets)
         if order == QueueOrder.oldest or not labels:
@@ -106,16 +107,38 @@ def _next_free(session: Session, *, order, targets, label, flag, now) -> Review 
             if found is not None:
                 return found
             continue
+        if flag is not None and len(labels) > 1 and order != QueueOrder.risk:
+            found = _first_of_label(session, base, order=order, label=labels[0])
+            if found is not None:
+                return found
+            labels = labels[1:]
+        if flag is not None and len(labels) > 1:
+            # a filter that the neediest class lacks: find the classes it matches in one pass
+            # instead of reading every flagged item of each class in turn (no DISTINCT: with it
+            # SQLite walks a label index over every row instead of the flag_count index)
+            present = set(session.exec(base.with_only_columns(Review.label)).all())
+            labels = [lab for lab in labels if lab in present]
+        if order == QueueOrder.risk:
+            # most-flagged first across all classes: the top of each class (one indexed
+            # look-up each), then the most flagged of those; ties go to the neediest class
+            tops = [t for lab in labels if (t := _first_of_label(session, base, order=order, label=lab))]
+            if tops:
+                return max(tops, key=lambda r: r.flag_count)  # max keeps the first of equals
+            continue
         for lab in labels:
-            stmt = base.where(Review.label == lab)
-            if order == QueueOrder.risk:
-                stmt = stmt.order_by(Review.flag_count.desc(), Review.image_id)
-            else:
-                stmt = stmt.order_by(Review.image_id)
-            found = session.exec(stmt.limit(1)).first()
+            found = _first_of_label(session, base, order=order, label=lab)
             if found is not None:
                 return found
     return None
+
+
+def _first_of_label(session: Session, base, *, order: QueueOrder, label: str) -> Review | None:  # noqa: ANN001
+    stmt = base.where(Review.label == label)
+    if order == QueueOrder.risk:
+        stmt = stmt.order_by(Review.flag_count.desc(), Review.image_id)  # reads ix_review_risk
+    else:
+        stmt = stmt.order_by(Review.image_id)
+    return session.exec(stmt.limit(1)).first()
 
 
 def _labels_by_need(session: Session, *, targets: dict[str, int] | None) -> list[str]:

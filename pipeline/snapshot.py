@@ -149,7 +149,8 @@ def write_snapshot(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         (tmp / "README.md").write_text(card_text or _default_card(manifest))
         _fsync_tree(tmp)
-        os.rename(tmp, final)  # atomic on one filesystem
+        os.rename(tmp, final)  # atomic on one filesystem; refuses a non-empty target
+        _fsync_dir(root)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -269,6 +270,14 @@ def _fsync_tree(folder: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _make_read_only(folder: Path) -> None:

@@ -1,0 +1,1 @@
+"""Pages of the review studio (run through curation_app/streamlit_app.py)."""

@@ -1,0 +1,60 @@
+"""Browse: every item with its thumbnail, filtered; states and rates per class; open one to review."""
+from __future__ import annotations
+
+import streamlit as st
+
+from curation_app.resources import get_engine
+from db.models import ReviewState
+from db.review import MAX_CAPTION_CHARS
+from pipeline.browse import BrowseFilters, browse_items
+from pipeline.classes import CLASSES
+from pipeline.studio import flag_choices
+
+st.title("Browse")
+flags = flag_choices()
+with st.expander("Filters", expanded=True, icon=":material/filter_list:"):
+    c1, c2, c3 = st.columns(3)
+    labels = c1.multiselect("Class", CLASSES, key="browse_labels")
+    states = c2.multiselect("State", list(ReviewState), format_func=lambda s: s.value, key="browse_states")
+    reviewer = c3.text_input("Reviewer", key="browse_reviewer", placeholder="any")
+    c4, c5, c6 = st.columns(3)
+    flag = c4.selectbox("Auto-flag", [None, *flags], format_func=lambda f: flags.get(f, "Any"), key="browse_flag")
+    text = c5.text_input("Caption contains", key="browse_text")
+    lo, hi = c6.slider("Caption length (characters)", 0, MAX_CAPTION_CHARS, (0, MAX_CAPTION_CHARS),
+                       key="browse_len")
+
+filters = BrowseFilters(labels=tuple(labels), states=tuple(states), reviewer=reviewer.strip() or None,
+                        flag=flag, text=text.strip(), min_chars=lo,
+                        max_chars=None if hi >= MAX_CAPTION_CHARS else hi)
+view = browse_items(get_engine(), filters=filters)
+
+left, right = st.columns(2)
+with left:
+    st.subheader("States per class")
+    if view.states.empty:
+        st.info("No items yet.")
+    else:
+        st.bar_chart(view.states, x="label", y="n", color="state", stack=True)
+with right:
+    st.subheader("Approval and edit rates")
+    st.dataframe(view.rates, hide_index=True, column_config={
+        "approval_rate": st.column_config.ProgressColumn("approved / decided", min_value=0, max_value=1),
+        "edit_rate": st.column_config.ProgressColumn("edited / approved", min_value=0, max_value=1),
+    })
+
+st.subheader(f"{len(view.items)} items")
+event = st.dataframe(
+    view.items, hide_index=True, key="browse_table", on_select="rerun", selection_mode="single-row",
+    row_height=70, column_config={
+        "thumbnail": st.column_config.ImageColumn("image", width="small"),
+        "caption": st.column_config.TextColumn("caption (final, else draft)", width="large"),
+        "draft": st.column_config.TextColumn("teacher draft", width="medium"),
+    })
+rows = event.selection.rows if event is not None else []
+if rows:
+    image_id = int(view.items.iloc[rows[0]]["image_id"])
+    if st.button(f"Review item {image_id}", type="primary", icon=":material/rate_review:"):
+        st.session_state["open_item"] = image_id
+        st.switch_page("app_pages/review.py")
+else:
+    st.caption("Select a row to open that item on the Review page.")

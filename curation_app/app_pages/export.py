@@ -1,0 +1,48 @@
+"""Export: check the balance, write an immutable snapshot of the approved pairs, download it."""
+from __future__ import annotations
+
+from functools import partial
+
+import streamlit as st
+
+from curation_app.components import current_reviewer
+from curation_app.resources import get_engine, get_settings
+from pipeline.export import zip_snapshot
+from pipeline.studio import export_view, run_export
+
+settings, engine = get_settings(), get_engine()
+st.title("Export")
+
+if "export_result" in st.session_state:
+    ok, message = st.session_state.pop("export_result")
+    (st.success if ok else st.error)(message)
+
+view = export_view(settings, engine)
+st.subheader("Balance check")
+(st.success if view.balance.ok else st.warning)(view.balance.message())
+st.dataframe(view.balance_table, hide_index=True, column_config={
+    "share": st.column_config.ProgressColumn("toward target", min_value=0, max_value=1)})
+
+override = st.checkbox(
+    "Export anyway, although some classes are below target", key="override_balance",
+    disabled=view.balance.ok, help="The snapshot's manifest records that the balance was overridden.")
+if st.button("Export snapshot", type="primary", icon=":material/archive:", key="export_btn", shortcut="E",
+             disabled=view.balance.total == 0):
+    st.session_state["export_result"] = run_export(
+        settings, engine, override_balance=override, exported_by=current_reviewer() or None)
+    st.rerun()
+
+st.subheader("Snapshots")
+if not view.snapshots:
+    st.info("No snapshots yet.")
+for snap in view.snapshots:
+    with st.container(border=True):
+        c1, c2 = st.columns([3, 1])
+        c1.markdown(f"**`{snap.snapshot_id}`** · {snap.n_items} pairs · {snap.created_at[:19]}")
+        c1.caption(f"hash {snap.content_hash[:16]} · reviewers: {', '.join(snap.reviewers) or '—'} · "
+                   f"students trained on it: {snap.n_students}")
+        c1.text(" ".join(f"{k}:{v}" for k, v in sorted(snap.counts_per_class.items())))
+        c2.download_button(
+            "Download zip", data=partial(zip_snapshot, snap.path), file_name=f"{snap.snapshot_id}.zip",
+            mime="application/zip", key=f"dl-{snap.snapshot_id}", on_click="ignore",
+            icon=":material/download:")

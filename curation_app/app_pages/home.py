@@ -1,0 +1,25 @@
+"""Home: the store's counts at a glance and what to do next."""
+from __future__ import annotations
+
+import streamlit as st
+
+from curation_app.components import progress_panel
+from curation_app.resources import get_engine, get_settings
+from pipeline.studio import store_overview
+
+settings = get_settings()
+overview = store_overview(get_engine(), target_per_class=settings.target_per_class)
+
+st.title("Caption studio")
+st.caption("Teacher drafts → human review → immutable snapshots → student training.")
+st.info(overview.next_step, icon=":material/arrow_forward:")
+
+cols = st.columns(6)
+cols[0].metric("Images", overview.n_images)
+cols[1].metric("Teacher drafts", overview.n_drafts)
+for col, (state, n) in zip(cols[2:], overview.states.items()):
+    col.metric(state.capitalize(), n)
+
+st.subheader("Progress toward the target")
+progress_panel(overview.progress)
+st.caption(f"Store: {settings.resolved_database_url} · data folder: {settings.data_dir}")

@@ -1,0 +1,116 @@
+"""Train: start a student training job on a snapshot with the hyperparameters in a form, watch
+its train/validation loss live, cancel and resume it, and read its evaluation report."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import streamlit as st
+
+from curation_app.resources import get_engine, get_settings
+from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.training_jobs import (
+    cancel_training, per_class_table, resume_training, start_training, train_page, training_runs,
+)
+
+settings, engine = get_settings(), get_engine()
+st.title("Train")
+
+if "train_message" in st.session_state:
+    ok, message = st.session_state.pop("train_message")
+    (st.success if ok else st.error)(message)
+
+page = train_page(settings, engine)
+sd, td = page.student_defaults, page.train_defaults
+if not page.snapshots:
+    st.info("No snapshot yet: approve captions and export a snapshot on the Export page first.")
+else:
+    with st.form("train_form"):
+        c1, c2 = st.columns([2, 1])
+        snapshot = c1.selectbox("Snapshot", page.snapshots, key="tr_snapshot")
+        name = c2.text_input("Student name", key="tr_name",
+                             value=f"student-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        base = st.text_input("Base model (hub id or folder)", sd.base_model, key="tr_base")
+        a = st.columns(5)
+        lora_r = a[0].number_input("LoRA r", 1, 256, sd.lora_r, key="tr_lora_r")
+        lora_alpha = a[1].number_input("LoRA alpha", 1, 1024, sd.lora_alpha, key="tr_lora_alpha")
+        projector_hidden = a[2].number_input("Projector width", 8, 8192, sd.projector_hidden, key="tr_proj")
+        patch = a[3].selectbox("Patch size", [4, 8], index=[4, 8].index(sd.patch_size), key="tr_patch")
+        qlora = a[4].checkbox("4-bit base (QLoRA)", sd.quantize_4bit, key="tr_4bit")
+        b = st.columns(6)
+        epochs = b[0].number_input("Epochs", 0.0, 1000.0, td.epochs, key="tr_epochs")
+        max_steps = b[1].number_input("Max steps (0: epochs)", 0, 1_000_000, td.max_steps, key="tr_steps")
+        batch = b[2].number_input("Batch size", 1, 512, td.batch_size, key="tr_batch")
+        lr_lora = b[3].number_input("LR (LoRA)", 1e-6, 1.0, td.lr_lora, format="%.2e", key="tr_lr_lora")
+        lr_proj = b[4].number_input("LR (projector)", 1e-6, 1.0, td.lr_projector, format="%.2e", key="tr_lr_proj")
+        ckpt = b[5].number_input("Checkpoint every", 0, 100_000, td.checkpoint_every, key="tr_ckpt")
+        if st.form_submit_button("Start training", key="tr_start", type="primary", icon=":material/play_arrow:"):
+            try:
+                student = StudentConfig(**{**sd.__dict__, "base_model": base, "lora_r": int(lora_r),
+                                           "lora_alpha": int(lora_alpha), "projector_hidden": int(projector_hidden),
+                                           "patch_size": int(patch), "quantize_4bit": qlora})
+                train = TrainConfig(**{**td.__dict__, "epochs": float(epochs), "max_steps": int(max_steps),
+                                       "batch_size": int(batch), "lr_lora": lr_lora, "lr_projector": lr_proj,
+                                       "checkpoint_every": int(ckpt)})
+            except ValueError as err:
+                st.session_state["train_message"] = (False, f"Check the form: {err}")
+            else:
+                started = start_training(settings, engine, snapshot_id=snapshot, name=name.strip(),
+                                         student=student, train=train)
+                st.session_state["train_message"] = (started.ok, started.message)
+            st.rerun()
+
+
+def _cancel(job_id: int) -> None:
+    st.session_state["train_message"] = (True, cancel_training(engine, job_id=job_id))
+
+
+def _resume(job_id: int) -> None:
+    started = resume_training(settings, engine, job_id=job_id)
+    st.session_state["train_message"] = (started.ok, started.message)
+
+
+def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
+    st.markdown("**Evaluation report**")
+    if not run.report:
+        st.caption("No evaluation report in this student folder yet.")
+        return
+    scalars = {k: v for k, v in run.report.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    st.dataframe(scalars, key=f"tr_report_{run.job_id}")
+    per_class = per_class_table(run.report)
+    if not per_class.empty:
+        st.bar_chart(per_class.select_dtypes("number"), stack=False, height=260)
+    if run.report.get("ablation"):
+        st.markdown("**Image ablation** (the same prompts with a blank image instead of the real one)")
+        st.json(run.report["ablation"])
+
+
+@st.fragment(run_every="2s")
+def runs_panel() -> None:
+    runs = training_runs(settings, engine, limit=5)
+    if not runs:
+        st.info("No training runs yet.")
+        return
+    for run in runs:
+        with st.container(border=True):
+            st.markdown(f"**Job {run.job_id}** · student `{run.student_dir.rsplit('/', 1)[-1]}` · "
+                        f"snapshot `{run.snapshot_id}` · {run.status.value}")
+            frac = min(run.done / run.total, 1.0) if run.total else 0.0
+            st.progress(frac, text=f"step {run.done}/{run.total or '?'} · {run.message or ''}")
+            if run.error:
+                st.error(run.error)
+            if not run.curve.empty:
+                st.line_chart(run.curve.set_index("step")[["train_loss", "val_loss"]], height=220)
+            if run.active:
+                st.button("Cancel", key=f"tr_cancel_{run.job_id}", on_click=_cancel, args=(run.job_id,),
+                          icon=":material/stop:")
+            elif run.resumable:
+                st.button("Resume", key=f"tr_resume_{run.job_id}", on_click=_resume, args=(run.job_id,),
+                          icon=":material/play_arrow:")
+            if run.metrics:
+                st.caption(" · ".join(f"{k} {v:.4g}" for k, v in run.metrics.items()
+                                      if isinstance(v, float)))
+                report_panel(run)
+
+
+st.subheader("Runs")
+runs_panel()

@@ -1,0 +1,87 @@
+"""Widgets shared by the pages: reviewer picker, pixel-crisp image, word diff, flags, progress.
+
+Captions are user and model text: they are only ever shown through st.text, st.code,
+st.text_area or st.dataframe (displayed literally), never through Markdown or HTML.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from db.models import RejectReason
+from pipeline.settings import Settings
+from pipeline.studio import (
+    REJECT_REASON_TEXT, DiffOp, Progress, flag_choices, load_guidelines, save_guidelines,
+    upscale_png, word_diff,
+)
+
+REVIEWER_KEY = "reviewer"
+_DIFF_MARK = {DiffOp.equal: "  ", DiffOp.removed: "- ", DiffOp.added: "+ "}
+
+
+def reviewer_picker() -> str:
+    """Sidebar box for the reviewer's name; kept in the URL so a refresh keeps it."""
+    if REVIEWER_KEY not in st.session_state:
+        st.session_state[REVIEWER_KEY] = st.query_params.get(REVIEWER_KEY, "")
+    name = st.sidebar.text_input(
+        "Reviewer", key=REVIEWER_KEY, placeholder="your name",
+        help="Every decision records who made it.",
+    ).strip()
+    if name and st.query_params.get(REVIEWER_KEY) != name:
+        st.query_params[REVIEWER_KEY] = name
+    return name
+
+
+def current_reviewer() -> str:
+    return str(st.session_state.get(REVIEWER_KEY, "") or "").strip()
+
+
+def pixel_image(png: bytes, *, size: int = 320, caption: str | None = None) -> None:
+    """The image enlarged with nearest-neighbour so its 32×32 pixels stay sharp."""
+    st.image(upscale_png(png, size=size), width=size, caption=caption)
+
+
+def diff_view(before: str, after: str) -> None:
+    """Word diff of the draft against the edit: '-' words removed, '+' words added."""
+    lines = [_DIFF_MARK[op] + words for op, words in word_diff(before, after)]
+    st.code("\n".join(lines) or "(no words)", language="diff", wrap_lines=True)
+
+
+def flag_badges(flags: tuple[str, ...] | list[str]) -> None:
+    labels = flag_choices()
+    if not flags:
+        st.badge("No auto-flags", color="green", icon=":material/check:")
+        return
+    for f in flags:
+        st.badge(labels.get(f, f), color="orange", icon=":material/flag:")
+
+
+def progress_panel(progress: Progress, *, per_class: bool = True) -> None:
+    """Approved pairs toward the target, overall and per class."""
+    frac = min(progress.approved / progress.target, 1.0) if progress.target else 0.0
+    st.progress(frac, text=f"{progress.approved} / {progress.target} approved toward the target")
+    if per_class:
+        df = progress.per_class
+        df = df.assign(done=(df.approved / df.target.where(df.target > 0)).clip(upper=1).fillna(0))
+        st.dataframe(
+            df[["label", "approved", "target", "done", "pending"]], hide_index=True,
+            column_config={"done": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)},
+        )
+
+
+def guidelines_panel(settings: Settings) -> None:
+    """The reviewing guidelines (editable, saved to the guidelines file) and the reject reasons."""
+    with st.expander("Guidelines and reject reasons", icon=":material/menu_book:"):
+        text = load_guidelines(settings)
+        st.markdown(text)  # the team's own guidelines: trusted Markdown, never a caption
+        st.markdown("**Reject reasons**")
+        for reason in RejectReason:
+            st.text(f"• {REJECT_REASON_TEXT[reason]}")
+        with st.popover("Edit guidelines"):
+            new = st.text_area("Guidelines (Markdown)", value=text, height=240, key="guidelines_text")
+            if st.button("Save guidelines", key="guidelines_save"):
+                path = save_guidelines(settings, text=new)
+                st.success(f"Saved to {path}")
+
+
+def reason_label(reason: RejectReason) -> str:
+    return REJECT_REASON_TEXT[reason].split(":", 1)[0]

@@ -1,0 +1,283 @@
+"""Export: approved pairs from the store become an immutable snapshot on disk (see snapshot.py).
+
+`export_snapshot(settings, engine)` checks class balance, writes the snapshot atomically and
+registers it in the store; `zip_snapshot` packs one for download; `list_exports` lists them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from db.engine import session_scope
+from db.lineage import list_snapshot_rows, list_students, register_snapshot
+from db.models import Draft, Image, Review, ReviewState
+from pipeline import __version__
+from pipeline.classes import CLASSES
+from pipeline.settings import Settings
+from pipeline.snapshot import SnapshotRecord, content_hash, list_snapshots, write_snapshot
+
+STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a crashed export
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same snapshot zips to the same bytes
+
+Progress = Callable[[int, int, str], None]
+
+
+class ExportError(Exception):
+    """An export was refused; nothing was written."""
+
+
+class BalanceError(ExportError):
+    """Some class is below its approved target and the override was not given."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of one export; written into the snapshot manifest."""
+
+    override_balance: bool = False  # export even though some class is below target
+    val_fraction: float = 0.2  # share of each class held out as the validation split
+    seed: int = 0  # seed of the stratified train/validation split
+    exported_by: str | None = None  # who asked for the export (shown in the list)
+    target_per_class: int = 10  # approved pairs wanted per CIFAR-10 class
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.target_per_class < 0:
+            raise ValueError(f"target_per_class must be >= 0, got {self.target_per_class}")
+
+
+@dataclass(frozen=True)
+class BalanceReport:
+    """Approved pairs per class against the per-class target."""
+
+    target_per_class: int
+    counts: dict[str, int]  # every CIFAR-10 class (0 when none), plus any other label approved
+    below: dict[str, int]  # CIFAR-10 classes under target -> their approved count
+
+    @property
+    def ok(self) -> bool:
+        return not self.below
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def message(self) -> str:
+        if self.ok:
+            return f"Every class has at least {self.target_per_class} approved pairs."
+        parts = ", ".join(f"{c} {n}/{self.target_per_class}" for c, n in self.below.items())
+        return f"{len(self.below)} class(es) below the target of {self.target_per_class}: {parts}."
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    snapshot_id: str
+    path: Path
+    content_hash: str
+    n_items: int
+    counts_per_class: dict[str, int]
+    split_counts: dict[str, int]
+    balance: BalanceReport
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """One past snapshot as the export page lists it."""
+
+    snapshot_id: str
+    path: Path
+    created_at: str
+    n_items: int
+    content_hash: str
+    counts_per_class: dict[str, int]
+    reviewers: list[str] = field(default_factory=list)
+    exported_by: str | None = None
+    app_version: str | None = None
+    n_students: int = 0  # students trained on it (it cannot be deleted while > 0)
+    registered: bool = True  # known to the store (False: a folder copied in by hand)
+
+
+def balance_from_counts(counts: dict[str, int], *, target_per_class: int) -> BalanceReport:
+    full = {c: counts.get(c, 0) for c in CLASSES} | {k: v for k, v in counts.items() if k not in CLASSES}
+    below = {c: full[c] for c in CLASSES if full[c] < target_per_class}
+    return BalanceReport(target_per_class=target_per_class, counts=full, below=below)
+
+
+def balance_report(settings: Settings, engine: Engine) -> BalanceReport:
+    """Approved pairs per class now, against settings.target_per_class (for the export page)."""
+    from db.review import approved_counts
+
+    with session_scope(engine) as s:
+        counts = approved_counts(s)
+    return balance_from_counts(counts, target_per_class=settings.target_per_class)
+
+
+def approved_records(session: Session) -> tuple[list[SnapshotRecord], list[dict]]:
+    """Every approved item as a snapshot record, and the teacher drafts behind them."""
+    rows = session.exec(
+        select(Review, Image, Draft).join(Image, Image.id == Review.image_id)
+        .outerjoin(Draft, Draft.id == Review.draft_id)
+        .where(Review.state == ReviewState.approved).order_by(Review.image_id)
+    ).all()
+    records, drafts = [], []
+    for review, image, draft in rows:
+        records.append(SnapshotRecord(
+            image_png=image.png, text=review.final_caption or "", label=image.label,
+            item_id=str(image.id), teacher_draft=draft.text if draft else "",
+            reviewer=review.reviewer or "",
+            extra={
+                "image_id": image.id, "draft_id": review.draft_id, "source_key": image.source_key,
+                "source_kind": getattr(image.source_kind, "value", image.source_kind),
+                "teacher_model": draft.model_id if draft else None,
+                "decided_at": review.decided_at.isoformat() if review.decided_at else None,
+            },
+        ))
+        if draft is not None:
+            drafts.append({
+                "model_id": draft.model_id, "model_revision": draft.model_revision,
+                "prompt": draft.prompt, "generation_params": draft.generation_params,
+                "processor_params": draft.processor_params,
+            })
+    return records, drafts
+
+
+def teacher_provenance(drafts: list[dict]) -> list[dict]:
+    """Distinct (model, revision, prompt, params) behind the drafts, with how many items each."""
+    counts = Counter(json.dumps(d, sort_keys=True, ensure_ascii=False) for d in drafts)
+    return [{**json.loads(k), "n_items": n} for k, n in sorted(counts.items())]
+
+
+def export_snapshot(
+    settings: Settings,
+    engine: Engine,
+    *,
+    override_balance: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    exported_by: str | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write every approved pair as a new snapshot under settings.exports_dir and register it.
+
+    Raises BalanceError (nothing written) when a CIFAR-10 class is below
+    settings.target_per_class unless `override_balance`; ExportError when nothing is approved.
+    """
+    config = ExportConfig(override_balance=override_balance, val_fraction=val_fraction, seed=seed,
+                          exported_by=exported_by, target_per_class=settings.target_per_class)
+    report = progress or (lambda done, total, message: None)
+    report(0, 3, "reading approved pairs")
+    with session_scope(engine) as s:
+        records, drafts = approved_records(s)
+    if not records:
+        raise ExportError("Nothing is approved yet: approve some captions before exporting.")
+    balance = balance_from_counts(Counter(r.label for r in records), target_per_class=config.target_per_class)
+    if not balance.ok and not config.override_balance:
+        raise BalanceError(balance.message() + " Export anyway with the balance override.")
+    root = Path(settings.exports_dir)
+    sweep_stale_temps(root)
+    chash = content_hash(records)
+    snapshot_id = new_snapshot_id(root, chash)
+    provenance = export_provenance(config, records=records, drafts=drafts, balance=balance)
+    report(1, 3, f"writing {len(records)} pairs")
+    path = write_snapshot(records, root, snapshot_id=snapshot_id, val_fraction=val_fraction,
+                          seed=seed, provenance=provenance)
+    report(2, 3, "registering the snapshot")
+    manifest = json.loads((path / "manifest.json").read_text())
+    try:
+        with session_scope(engine) as s:
+            register_snapshot(
+                s, snapshot_id=snapshot_id, path=str(path), content_hash=chash, n_items=len(records),
+                reviewers=provenance["reviewers"], image_ids=[int(r.item_id) for r in records],
+            )
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a snapshot the store does not know is not one
+        raise
+    report(3, 3, f"exported {snapshot_id}")
+    return ExportResult(
+        snapshot_id=snapshot_id, path=path, content_hash=chash, n_items=len(records),
+        counts_per_class=manifest["counts_per_class"], split_counts=manifest["split_counts"],
+        balance=balance,
+    )
+
+
+def export_provenance(config: ExportConfig, *, records: list[SnapshotRecord], drafts: list[dict],
+                      balance: BalanceReport) -> dict:
+    """What the manifest says about where the pairs came from and how they were exported."""
+    return {
+        "app": "capstudio", "app_version": __version__, "exported_by": config.exported_by,
+        "exported_at": datetime.now(timezone.utc).isoformat(), "config": asdict(config),
+        "teachers": teacher_provenance(drafts),
+        "reviewers": sorted({r.reviewer for r in records if r.reviewer}),
+        "balance": {"ok": balance.ok, "below_target": balance.below, "overridden": not balance.ok},
+    }
+
+
+def new_snapshot_id(root: Path, chash: str) -> str:
+    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = f"snap-{stamp}-{chash[:8]}"
+    candidate, n = base, 1
+    while (Path(root) / candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def sweep_stale_temps(root: Path, *, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove temporary folders left by exports that crashed (killed before their cleanup)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    gone = [p for p in root.glob(".snap-*") if p.is_dir() and p.stat().st_mtime < cutoff]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def zip_snapshot(path: Path) -> bytes:
+    """The snapshot folder as zip bytes, identical for identical folders (sorted, fixed dates)."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(f"{path} is not a snapshot: no manifest.json")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(f"{path.name}/{f.relative_to(path).as_posix()}", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o444 << 16
+            zf.writestr(info, f.read_bytes())
+    return buf.getvalue()
+
+
+def list_exports(settings: Settings, engine: Engine) -> list[ExportSummary]:
+    """Every complete snapshot under settings.exports_dir, newest first, with its store lineage."""
+    with session_scope(engine) as s:
+        rows = {r.id: r for r in list_snapshot_rows(s)}
+        students = Counter(st.snapshot_id for st in list_students(s))
+    out = []
+    for m in list_snapshots(settings.exports_dir):
+        sid = m["snapshot_id"]
+        row = rows.get(sid)
+        prov = m.get("provenance", {})
+        out.append(ExportSummary(
+            snapshot_id=sid, path=Path(m["path"]), created_at=m.get("created_at", ""),
+            n_items=m.get("n_items", 0), content_hash=m.get("content_hash", ""),
+            counts_per_class=m.get("counts_per_class", {}),
+            reviewers=list(row.reviewers) if row else list(prov.get("reviewers", [])),
+            exported_by=prov.get("exported_by"), app_version=prov.get("app_version"),
+            n_students=students.get(sid, 0), registered=row is not None,
+        ))
+    return out

@@ -15,3 +15,18 @@ app = typer.Typer(
 )
 
 # Commands are registered from their own modules below (one module per noun).
+
+from pipeline.export_cli import export  # noqa: E402
+
+app.command()(export)
+from pipeline.store_cli import build_tiny, caption, import_, init, status  # noqa: E402
+
+app.command()(init)
+
+app.command("build-tiny")(build_tiny)
+app.command("import")(import_)
+app.command()(caption)
+app.command()(status)
+from pipeline.compare import compare  # noqa: E402
+
+app.command()(compare)

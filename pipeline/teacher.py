@@ -1,0 +1,275 @@
+"""The SmolVLM teacher: the one `from_pretrained` for the SmolVLM family, and batched captioning.
+
+`teacher = load_teacher("HuggingFaceTB/SmolVLM-256M-Instruct")`, then
+`caption_images(teacher, images, prompt=DEFAULT_PROMPT, params=GenerationParams())`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from PIL import Image as PILImage
+
+from pipeline.tiny import is_tiny_model
+
+DEFAULT_PROMPT = "Can you describe this image? Answer in one or two sentences."
+SINGLE_TILE_EDGE = 512  # images no larger than this are one 512-px tile: 64 image tokens
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_COMMAND = "python -m pipeline build-tiny teacher <folder>"
+
+
+class TeacherError(RuntimeError):
+    """A teacher problem with a message that says what to do about it."""
+
+
+class ModelLoadError(TeacherError):
+    """The teacher model could not be loaded (no network, wrong path, not a SmolVLM folder)."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How the teacher generates a caption (stored on every draft)."""
+
+    max_new_tokens: int = 60
+    """Upper bound on the caption length in tokens."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 1.0
+    """Sampling temperature (only with do_sample)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (only with do_sample)."""
+    repetition_penalty: float = 1.1
+    """>1 discourages repeating tokens (small VLMs loop without it)."""
+    seed: int = 0
+    """Random seed used before each batch (reproducible sampling)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 1024:
+            raise ValueError("max_new_tokens must be in 1..1024")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+            raise ValueError("temperature must be > 0, top_p in (0, 1], repetition_penalty > 0")
+
+    def generate_kwargs(self) -> dict:
+        kw = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+              "repetition_penalty": self.repetition_penalty}
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        return kw
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: model, processor, and where it came from (for provenance)."""
+
+    model: torch.nn.Module
+    processor: object
+    model_id: str
+    revision: str | None
+    device: str
+    dtype: str
+    tiny: bool = False
+    attn: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One caption with its timings (for the playground)."""
+
+    text: str
+    seconds: float
+    new_tokens: int
+    image_tokens: int
+    processor_params: dict
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX): bf16 is then ~5x fp32."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the flags say it exactly
+        flags = cpuinfo.read_text()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(device: str, dtype: str = "auto") -> str:
+    """'auto' -> bf16 on GPUs and on CPUs with native bf16, else float32."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, not {dtype!r}")
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def load_teacher(model: str, *, device: str = "auto", dtype: str = "auto") -> Teacher:
+    """Load a SmolVLM (Idefics3) model and processor from a hub id or a local folder.
+
+    A hub id is looked up in the local cache first; the network is tried only when it answers,
+    so an offline machine gets a clear error at once instead of minutes of retries.
+    """
+    device = resolve_device(device)
+    dtype = pick_dtype(device, dtype)
+    try:
+        try:
+            processor, net = _from_pretrained(model, dtype, local_only=not Path(model).is_dir())
+        except OSError:
+            if Path(model).is_dir() or not hub_reachable():
+                raise
+            processor, net = _from_pretrained(model, dtype, local_only=False)
+    except (OSError, ValueError) as exc:  # HFValidationError is a ValueError, network errors OSError
+        raise ModelLoadError(
+            f"could not load the teacher model {model!r} ({type(exc).__name__}: {exc}). Without "
+            "network access, point CAPSTUDIO_TEACHER_MODEL or --teacher-model at a local folder "
+            f"holding the model files, or build a tiny random test model with `{TINY_COMMAND}`."
+        ) from exc
+    processor.tokenizer.padding_side = "left"  # batched generation continues from the right edge
+    net = net.to(device).eval()
+    return Teacher(model=net, processor=processor, model_id=str(model), revision=_revision(model, net),
+                   device=device, dtype=dtype, tiny=is_tiny_model(model))
+
+
+def _from_pretrained(model: str, dtype: str, *, local_only: bool):  # noqa: ANN202
+    """The one `from_pretrained` site of the SmolVLM family (processor and model)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model, local_files_only=local_only)
+    net = AutoModelForImageTextToText.from_pretrained(
+        model, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only)
+    return processor, net
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub endpoint accepts a TCP connection (honours HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _revision(model: str, net: torch.nn.Module) -> str | None:
+    """The hub commit when known; for a local folder a hash of its config and weights."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return getattr(net.config, "_commit_hash", None)
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return ("tiny-random-sha256:" if is_tiny_model(folder) else "local-sha256:") + h.hexdigest()[:16]
+
+
+def processor_params_for(images: list[PILImage.Image]) -> dict:
+    """Processor overrides: one 512-px tile (64 tokens) when every image is small, else defaults.
+
+    The defaults upscale a 32x32 image to 2048 px and split it into 17 tiles (1,088 tokens).
+    """
+    if max(max(im.size) for im in images) <= SINGLE_TILE_EDGE:
+        return {"do_image_splitting": False, "size": {"longest_edge": SINGLE_TILE_EDGE}}
+    return {}
+
+
+def chat_prompt(teacher: Teacher, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return teacher.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def _encode(teacher: Teacher, images: list[PILImage.Image], prompt: str, proc: dict) -> dict:
+    text = chat_prompt(teacher, prompt)
+    inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
+                               return_tensors="pt", padding=True, **proc)
+    dtype = DTYPES[teacher.dtype]
+    return {k: (v.to(teacher.device, dtype) if v.is_floating_point() else v.to(teacher.device))
+            for k, v in inputs.items()}
+
+
+def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: str,
+                   params: GenerationParams) -> tuple[list[str], int]:
+    """Captions for one batch (left-padded); returns (texts, new tokens generated)."""
+    inputs = _encode(teacher, images, prompt, processor_params_for(images))
+    torch.manual_seed(params.seed)
+    try:
+        with torch.inference_mode():
+            out = teacher.model.generate(**inputs, **params.generate_kwargs(),
+                                         pad_token_id=teacher.processor.tokenizer.pad_token_id)
+    except torch.OutOfMemoryError as exc:
+        raise _oom_error(len(images)) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            raise _oom_error(len(images)) from exc
+        raise
+    new = out[:, inputs["input_ids"].shape[1]:]
+    texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
+    pad = teacher.processor.tokenizer.pad_token_id
+    return [t.strip() for t in texts], int((new != pad).sum())
+
+
+def _oom_error(batch: int) -> TeacherError:
+    smaller = max(1, batch // 2)
+    return TeacherError(
+        f"out of memory while captioning a batch of {batch} images: use a smaller batch "
+        f"(--batch-size {smaller} or CAPSTUDIO_BATCH_SIZE={smaller}), or --dtype bfloat16."
+    )
+
+
+def caption_images(teacher: Teacher, images: list[PILImage.Image], *, prompt: str = DEFAULT_PROMPT,
+                   params: GenerationParams = GenerationParams(), batch_size: int = 8) -> list[str]:
+    """Captions for `images`, in order, generated `batch_size` at a time."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    texts: list[str] = []
+    for start in range(0, len(images), batch_size):
+        batch_texts, _ = generate_batch(teacher, images[start:start + batch_size], prompt=prompt, params=params)
+        texts.extend(batch_texts)
+    return texts
+
+
+def caption_one(teacher: Teacher, image: PILImage.Image, *, prompt: str = DEFAULT_PROMPT,
+                params: GenerationParams = GenerationParams()) -> CaptionResult:
+    """Caption a single (uploaded) image and time it: for the playground."""
+    proc = processor_params_for([image])
+    n_image_tokens = int((_encode(teacher, [image], prompt, proc)["input_ids"]
+                          == teacher.model.config.image_token_id).sum())
+    t0 = time.perf_counter()
+    texts, new_tokens = generate_batch(teacher, [image], prompt=prompt, params=params)
+    return CaptionResult(text=texts[0], seconds=time.perf_counter() - t0, new_tokens=new_tokens,
+                         image_tokens=n_image_tokens, processor_params=proc)
+
+
+def provenance(teacher: Teacher, *, prompt: str, params: GenerationParams,
+               processor_params: dict, batch_size: int) -> dict:
+    """What to store on a draft: model, revision, prompt, generation and processor params."""
+    gen = {**asdict(params), "dtype": teacher.dtype, "device": teacher.device,
+           "attn_implementation": teacher.attn, "batch_size": batch_size}
+    if teacher.tiny:
+        gen["tiny_random_model"] = True
+    return {"model_id": teacher.model_id, "model_revision": teacher.revision, "prompt": prompt,
+            "generation_params": json.loads(json.dumps(gen)),
+            "processor_params": json.loads(json.dumps(processor_params))}

@@ -30,3 +30,7 @@ app.command()(status)
 from pipeline.compare import compare  # noqa: E402
 
 app.command()(compare)
+from pipeline.student.commands import evaluate_command, train_command  # noqa: E402
+
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)

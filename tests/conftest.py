@@ -20,6 +20,13 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings):
+    """A migrated, empty SQLite store in the test's data folder."""
     eng = init_store(settings.resolved_database_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def store(engine):
+    """The same migrated store, under the name the store-level tests use."""
+    return engine

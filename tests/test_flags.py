@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from db.catalog import add_draft, add_image
-from db.engine import init_store, session_scope
+from db.engine import session_scope
 from db.models import SourceKind
 from db.review import QueueOrder, claim_next
 from pipeline.flags import FLAG_LABELS, Flag, compute_flags, flag_label, flags_for_draft
@@ -60,14 +60,6 @@ def test_flags_come_in_a_stable_order_with_labels():
                      Flag.repetition.value]
     assert set(FLAG_LABELS) == set(Flag)
     assert flag_label("hedging") == "Hedging or refusal"
-
-
-@pytest.fixture
-def store(settings):
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # init_store needs the folder to exist
-    eng = init_store(settings.resolved_database_url)
-    yield eng
-    eng.dispose()
 
 
 def _add(session, label: str, i: int, text: str) -> int:

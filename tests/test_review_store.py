@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from db.catalog import add_draft, add_image
-from db.engine import init_store, session_scope
+from db.engine import session_scope
 from db.errors import (
     ClaimedError, InvalidActionError, InvalidCaptionError, NothingToUndoError, StaleWriteError,
 )
@@ -18,14 +18,6 @@ from db.review import (
     release_claims, undo_last,
 )
 from tests.conftest import BUNDLED
-
-
-@pytest.fixture
-def store(settings):
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # init_store needs the folder to exist
-    eng = init_store(settings.resolved_database_url)
-    yield eng
-    eng.dispose()
 
 
 def seed(engine, labels: dict[str, int]) -> list[int]:

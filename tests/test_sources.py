@@ -10,18 +10,10 @@ from PIL import Image as PILImage
 from sqlmodel import select
 
 from db.catalog import count_images
-from db.engine import init_store, session_scope
+from db.engine import session_scope
 from db.models import Image, Review, ReviewState, SourceKind
 from pipeline.sources import ImportSource, SourceError, import_images
 from tests.conftest import BUNDLED
-
-
-@pytest.fixture
-def store(settings):
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # init_store needs the folder to exist
-    eng = init_store(settings.resolved_database_url)
-    yield eng
-    eng.dispose()
 
 
 def _labels(store) -> Counter:

@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 from sqlmodel import select
 
 from db.catalog import add_draft, drafts_for_image, images_without_draft
-from db.engine import init_store, session_scope
+from db.engine import session_scope
 from db.models import Draft, Review
 from pipeline.captioning import CaptionRequest, run_captioning, write_drafts
 from pipeline.sources import ImportSource, import_images
@@ -36,14 +36,6 @@ def teacher(tiny_dir):
     torch.set_num_threads(1)  # a tiny model is faster on one thread (no hand-offs)
     yield load_teacher(str(tiny_dir), dtype="float32")
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def store(settings):
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # init_store needs the folder to exist
-    eng = init_store(settings.resolved_database_url)
-    yield eng
-    eng.dispose()
 
 
 def _images(n: int) -> list[PILImage.Image]:

@@ -1,0 +1,68 @@
+"""Resumable training checkpoints inside a student folder: `checkpoints/step-NNNNNN/`.
+
+Each holds what `load_student` reads (adapter, projector, student.json) plus optimizer,
+scheduler and RNG state; it is written to a temporary folder and renamed, so a kill at any
+moment leaves either the previous or the new checkpoint, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.student.loader import save_student
+from pipeline.student.model import Student
+
+CHECKPOINTS = "checkpoints"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted(d for d in root.iterdir() if d.name.startswith("step-") and (d / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(*, student: Student, optimizer, scheduler, step: int, out_dir: Path,
+                    extra: dict, keep: int = 1) -> Path:
+    root = Path(out_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    for stale in root.glob(".tmp-step-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    save_student(student, tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    for old in sorted(d for d in root.iterdir() if d.name.startswith("step-"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) -> dict:
+    """Load adapter, projector, optimizer, scheduler and RNG state; returns state.json."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter = load_file(ckpt / "adapter" / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(student.lm, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"checkpoint adapter has unexpected keys: {result.unexpected_keys[:3]}")
+    student.projector.load_state_dict(load_file(ckpt / "projector.safetensors"))
+    blob = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    np.random.set_state(blob["numpy_rng"])
+    random.setstate(blob["python_rng"])
+    return json.loads((ckpt / "state.json").read_text())

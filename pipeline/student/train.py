@@ -1,0 +1,256 @@
+"""QLoRA training of the student on an export snapshot, resumable, one student folder out.
+
+    python -m pipeline train --snapshot data/exports/<id> --out data/students/<name>
+
+The folder gets adapter/, projector.safetensors, student.json, train.json, snapshot.json,
+metrics.json, loss_curve.jsonl (+ .png) and checkpoints/ (the latest, for resuming).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.snapshot import SnapshotRecord, read_snapshot
+from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.student.loader import build_student, resolve_device, save_student
+from pipeline.student.model import Student, build_example, collate
+
+ProgressFn = Callable[[int, int, dict], None]
+StopFn = Callable[[], bool]
+
+
+def compute_dtype(tc: TrainConfig, device: str) -> torch.dtype:
+    """bf16 on a GPU, and on a CPU with AVX512-BF16 (bench/student.py, full-size Phi-3-mini on
+    2 cores: 7.3 s per QLoRA step in bf16 against 17.6 s in fp32); fp32 on other CPUs."""
+    if tc.dtype != "auto":
+        return getattr(torch, tc.dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    from bitsandbytes.functional import has_avx512bf16
+
+    return torch.bfloat16 if has_avx512bf16() else torch.float32
+
+
+def lr_lambda(total_steps: int, tc: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup to the peak, then cosine decay to min_lr_ratio of it."""
+    warmup = int(round(tc.warmup_ratio * total_steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def total_steps_for(n_train: int, tc: TrainConfig) -> int:
+    if tc.max_steps:
+        return tc.max_steps
+    micro_per_epoch = math.ceil(n_train / tc.batch_size)
+    return max(1, math.ceil(tc.epochs * micro_per_epoch / tc.grad_accum))
+
+
+def micro_batch(step: int, k: int, n: int, tc: TrainConfig) -> list[int]:
+    """Indices of micro-batch k of optimizer step `step`: a pure function of the step, so a
+    resumed run sees exactly the batches the uninterrupted run would have seen."""
+    per_epoch = math.ceil(n / tc.batch_size)
+    m = step * tc.grad_accum + k
+    epoch, j = divmod(m, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100003 + epoch))
+    return perm[j * tc.batch_size:(j + 1) * tc.batch_size].tolist()
+
+
+class _Data:
+    """Pre-tokenised pairs and their pixel tensors (a few hundred 32x32 images at most)."""
+
+    def __init__(self, student: Student, records: list[SnapshotRecord]):
+        self.examples = [build_example(student.tokenizer, student.layout, r.text) for r in records]
+        self.pixels = student.pixels([r.image() for r in records]) if records else None
+        self.pad_id = student.tokenizer.pad_token_id
+
+    def batch(self, idx: list[int], device: str, *, augment: bool = False) -> dict:
+        b = collate([self.examples[i] for i in idx], pad_id=self.pad_id)
+        b["pixels"] = augment_pixels(self.pixels[idx]) if augment else self.pixels[idx]
+        return {k: v.to(device) for k, v in b.items()}
+
+
+def augment_pixels(x: torch.Tensor, *, shift: int = 2) -> torch.Tensor:
+    """Random horizontal flip and random shift (reflect-padded crop) per image; (B, 3, H, W)."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (shift,) * 4, mode="reflect")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, b)).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+@torch.no_grad()
+def validation_loss(student: Student, data: _Data, *, device: str, batch_size: int) -> float | None:
+    if not data.examples:
+        return None
+    student.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(data.examples), batch_size):
+        idx = list(range(s, min(s + batch_size, len(data.examples))))
+        loss = student(**data.batch(idx, device))
+        total, count = total + loss.item() * len(idx), count + len(idx)
+    student.train()
+    return total / count
+
+
+def train(
+    *,
+    snapshot_dir: Path,
+    out_dir: Path,
+    student_config: StudentConfig,
+    train_config: TrainConfig = TrainConfig(),
+    device: str = "auto",
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Train (or resume) a student on a snapshot's train split; returns metrics.json's content.
+
+    A stopped run (should_stop() -> True) checkpoints and returns {"status": "stopped", ...};
+    calling train again with the same out_dir resumes from the latest checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    tc, sc = train_config, student_config
+    out_dir = Path(out_dir)
+    snap = read_snapshot(Path(snapshot_dir))
+    if not snap.train:
+        raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
+    _claim_folder(out_dir, snap, sc, tc)
+    device = resolve_device(device)
+    random.seed(tc.seed), np.random.seed(tc.seed), torch.manual_seed(tc.seed)
+    student = build_student(sc, dtype=compute_dtype(tc, device), device=device)
+    if tc.gradient_checkpointing:
+        student.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_data, val_data = _Data(student, snap.train), _Data(student, snap.validation)
+    lora_params = [p for p in student.lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": list(student.projector.parameters()), "lr": tc.lr_projector},
+         {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
+    total = total_steps_for(len(snap.train), tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tc))
+    step, sessions = 0, []
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        state = restore_checkpoint(ckpt=ckpt, student=student, optimizer=optimizer, scheduler=scheduler)
+        step, sessions = state["step"], state.get("sessions", [])
+    curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step)
+    sessions.append({"start_step": step, "started_at": time.time()})
+    student.train()
+    bar = tqdm(total=total, initial=step, desc="train", disable=not show_progress)
+    status, last_val = "completed", None
+
+    def checkpoint() -> None:
+        sessions[-1]["end_step"] = step
+        save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
+                        out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
+        curve.plot(out_dir / "loss_curve.png")
+
+    while step < total:
+        if should_stop is not None and should_stop():
+            status = "stopped"
+            break
+        t0, loss_sum = time.perf_counter(), 0.0
+        for k in range(tc.grad_accum):
+            idx = micro_batch(step, k, len(snap.train), tc)
+            loss = student(**train_data.batch(idx, device, augment=tc.augment))
+            (loss / tc.grad_accum).backward()
+            loss_sum += loss.item() / tc.grad_accum
+        if tc.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(lora_params + list(student.projector.parameters()), tc.max_grad_norm)
+        optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
+        step += 1
+        row = {"step": step, "train_loss": loss_sum, "lr_projector": scheduler.get_last_lr()[0],
+               "lr_lora": scheduler.get_last_lr()[1], "seconds": time.perf_counter() - t0}
+        at_ckpt = tc.checkpoint_every and step % tc.checkpoint_every == 0
+        if step == total or (tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and at_ckpt):
+            last_val = row["val_loss"] = validation_loss(student, val_data, device=device,
+                                                         batch_size=tc.batch_size)
+        curve.append(row)
+        bar.update(1), bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if on_progress is not None:
+            on_progress(step, total, row)
+        if at_ckpt and step < total:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    if status == "stopped":
+        return {"status": "stopped", "step": step, "total_steps": total}
+    save_student(student, out_dir)
+    metrics = {
+        "status": status, "optimizer_steps": step, "total_steps": total,
+        "optimizer_state_steps": _adam_steps(optimizer), "sessions": sessions,
+        "final_train_loss": curve.rows[-1]["train_loss"] if curve.rows else None,
+        "final_val_loss": last_val, "n_train": len(snap.train), "n_validation": len(snap.validation),
+        "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _adam_steps(optimizer) -> int:
+    """AdamW's own step counter: equals the optimizer steps only if resuming restored it."""
+    states = [s["step"] for s in optimizer.state.values() if "step" in s]
+    return int(max(float(s) for s in states)) if states else 0
+
+
+def _claim_folder(out_dir: Path, snap, sc: StudentConfig, tc: TrainConfig) -> None:
+    """Write the configs and snapshot identity; refuse to resume with different ones."""
+    if (out_dir / "metrics.json").is_file():
+        raise FileExistsError(f"{out_dir} already holds a finished student")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ident = {"snapshot_id": snap.snapshot_id, "content_hash": snap.content_hash, "path": str(snap.path)}
+    wanted = {"snapshot.json": ident, "train.json": asdict(tc), "student.json": asdict(sc)}
+    for name, data in wanted.items():
+        f = out_dir / name
+        if f.is_file() and latest_checkpoint(out_dir) is not None:
+            old = json.loads(f.read_text())
+            norm = json.loads(json.dumps(data))
+            if {k: v for k, v in old.items() if k != "path"} != {k: v for k, v in norm.items() if k != "path"}:
+                raise ValueError(f"{out_dir} holds a run with a different {name}; use a new folder")
+        f.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class _LossCurve:
+    """loss_curve.jsonl, appended each step; rows past a resumed checkpoint are dropped."""
+
+    def __init__(self, path: Path, *, keep_until: int):
+        self.path = path
+        rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+        self.rows = [r for r in rows if r["step"] <= keep_until]
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, png: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in self.rows], [r["train_loss"] for r in self.rows], label="train")
+        val = [r for r in self.rows if r.get("val_loss") is not None]
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+        ax.set_xlabel("optimizer step"), ax.set_ylabel("loss"), ax.legend(), fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        plt.close(fig)

@@ -72,8 +72,9 @@ class JobReporter:
         return self
 
     def progress(self, done: int, total: int | None = None, message: str | None = None, *,
-                 force: bool = False, result: dict | None = None) -> None:
-        """Write progress (throttled); raise JobCancelled when a cancel was requested."""
+                 force: bool = False, result: dict | None = None, raise_on_cancel: bool = True) -> None:
+        """Write progress (throttled); raise JobCancelled when a cancel was requested (unless the
+        work polls `should_stop` itself to stop at a clean point, as training does)."""
         if self._engine is None:
             return
         now = time.monotonic()
@@ -83,7 +84,7 @@ class JobReporter:
         with session_scope(self._engine) as s:
             update_progress(s, job_id=self.job_id, done=done, total=total, message=message, result=result)
             cancelled = cancel_requested(s, job_id=self.job_id)
-        if cancelled:
+        if cancelled and raise_on_cancel:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def should_stop(self) -> bool:

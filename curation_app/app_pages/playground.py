@@ -9,9 +9,9 @@ import streamlit as st
 from curation_app.components import diff_view, pixel_image
 from curation_app.resources import get_engine, get_settings
 from pipeline.playground import (
-    ModelUnavailable, PlaygroundParams, no_student_message, open_playground, open_student,
-    open_teacher, stream_student, stream_teacher, teacher_tile,
+    ModelUnavailable, no_student_message, open_playground, open_student, open_teacher,
 )
+from pipeline.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
 
 settings, engine = get_settings(), get_engine()
 RESULT = "pg_result"
@@ -46,7 +46,11 @@ def run_one(kind: str, image, load, stream_for) -> dict:  # noqa: ANN001
         st.error(str(err))
         return {"error": str(err)}
     stream = stream_for(model)
-    st.write_stream(literal(stream))
+    try:
+        st.write_stream(literal(stream))
+    except (RuntimeError, ValueError) as err:  # e.g. out of memory: a message, not a traceback
+        st.error(f"The {kind} failed while generating: {err}")
+        return {"error": f"The {kind} failed while generating: {err}"}
     t = stream.timings
     return {"text": stream.text, "ttft": t.ttft_s, "tps": t.tokens_per_s, "total": t.total_s,
             "tokens": t.new_tokens, "tile": teacher_tile(model, image) if kind == "teacher" else None}
@@ -125,9 +129,8 @@ if not students:
     st.info(no_student_message())
 
 cols = st.columns(3)
-cols[0].subheader("Teacher")
-cols[1].subheader("Student")
-cols[2].subheader("Approved")
+for col, title in zip(cols, ("Teacher", "Student", "Approved")):
+    col.subheader(title)
 if run:
     params = PlaygroundParams(max_new_tokens=int(max_new), do_sample=sampling, temperature=temperature,
                               top_p=top_p, top_k=int(top_k), repetition_penalty=rep, seed=int(seed))
@@ -145,13 +148,9 @@ if run:
     st.rerun()
 
 result = result or {}
-with cols[0]:
-    show("teacher", result.get("teacher"))
-with cols[1]:
-    if students:
-        show("student", result.get("student"))
-    else:
-        st.caption(no_student_message())
+for col, kind in zip(cols, ("teacher", "student")):
+    with col:
+        show(kind, result.get(kind))
 with cols[2]:
     if inp.match and inp.match.approved_caption:
         st.text(inp.match.approved_caption)
@@ -161,10 +160,10 @@ with cols[2]:
 
 texts = {k: (result.get(k) or {}).get("text") for k in ("teacher", "student")}
 texts["approved"] = inp.match.approved_caption if inp.match else None
-pairs = [("teacher", "approved"), ("student", "approved"), ("teacher", "student")]
-shown = [(a, b) for a, b in pairs if texts[a] is not None and texts[b] is not None]
-if shown:
+pairs = [(a, b) for a, b in (("teacher", "approved"), ("student", "approved"), ("teacher", "student"))
+         if texts[a] is not None and texts[b] is not None]
+if pairs:
     st.subheader("Word diff")
-    for a, b in shown:
+    for a, b in pairs:
         st.caption(f"{a} → {b} ('-' only in the {a}, '+' only in the {b})")
         diff_view(texts[a], texts[b])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import altair as alt
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
+from db.models import JobStatus
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.training_jobs import (
-    cancel_training, per_class_table, resume_training, start_training, train_page, training_runs,
+    ablation_table, cancel_training, per_class_table, resume_training, start_training, train_page,
+    training_runs,
 )
 
 settings, engine = get_settings(), get_engine()
@@ -27,8 +30,8 @@ else:
     with st.form("train_form"):
         c1, c2 = st.columns([2, 1])
         snapshot = c1.selectbox("Snapshot", page.snapshots, key="tr_snapshot")
-        name = c2.text_input("Student name", key="tr_name",
-                             value=f"student-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        st.session_state.setdefault("tr_name", f"student-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        name = c2.text_input("Student name", key="tr_name")
         base = st.text_input("Base model (hub id or folder)", sd.base_model, key="tr_base")
         a = st.columns(5)
         lora_r = a[0].number_input("LoRA r", 1, 256, sd.lora_r, key="tr_lora_r")
@@ -70,18 +73,21 @@ def _resume(job_id: int) -> None:
 
 
 def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
-    st.markdown("**Evaluation report**")
+    st.markdown("**Evaluation report** (validation split)")
     if not run.report:
-        st.caption("No evaluation report in this student folder yet.")
+        status, error = run.evaluation or (None, None)
+        if status in (JobStatus.failed, JobStatus.cancelled):
+            st.error(f"The evaluation {status.value}: {error or 'see the Jobs page'}")
+        else:
+            st.caption("Evaluating the student on its snapshot's validation split…")
         return
-    scalars = {k: v for k, v in run.report.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    st.dataframe(scalars, key=f"tr_report_{run.job_id}")
+    st.markdown("Image ablation: the same items with a blank grey image and with shuffled images; "
+                "a student that reads the image scores clearly higher on `real`.")
+    st.dataframe(ablation_table(run.report), hide_index=True, key=f"tr_ablation_{run.job_id}")
     per_class = per_class_table(run.report)
     if not per_class.empty:
-        st.bar_chart(per_class.select_dtypes("number"), stack=False, height=260)
-    if run.report.get("ablation"):
-        st.markdown("**Image ablation** (the same prompts with a blank image instead of the real one)")
-        st.json(run.report["ablation"])
+        st.markdown("Class-mention accuracy per class")
+        st.bar_chart(per_class, stack=False, height=260)
 
 
 @st.fragment(run_every="2s")
@@ -99,14 +105,16 @@ def runs_panel() -> None:
             if run.error:
                 st.error(run.error)
             if not run.curve.empty:
-                st.line_chart(run.curve.set_index("step")[["train_loss", "val_loss"]], height=220)
+                long = run.curve.melt("step", var_name="loss", value_name="value").dropna()
+                st.altair_chart(alt.Chart(long, height=220).mark_line(point=True).encode(
+                    x="step:Q", y=alt.Y("value:Q", title="loss"), color="loss:N"))
             if run.active:
                 st.button("Cancel", key=f"tr_cancel_{run.job_id}", on_click=_cancel, args=(run.job_id,),
                           icon=":material/stop:")
             elif run.resumable:
                 st.button("Resume", key=f"tr_resume_{run.job_id}", on_click=_resume, args=(run.job_id,),
                           icon=":material/play_arrow:")
-            if run.metrics:
+            if run.metrics and run.status == JobStatus.done:
                 st.caption(" · ".join(f"{k} {v:.4g}" for k, v in run.metrics.items()
                                       if isinstance(v, float)))
                 report_panel(run)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from pipeline.jobs import JobCancelled, JobReporter
 from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig
 
 _D_S, _D_T, _D_G = StudentConfig(), TrainConfig(), GenerationConfig()
@@ -64,8 +65,18 @@ def train_command(
     if out is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = settings.students_dir / f"student-{read_snapshot(snapshot).snapshot_id}-{stamp}"
-    metrics = train(snapshot_dir=snapshot, out_dir=out, student_config=sc, train_config=tc,
-                    device=device or settings.resolved_device())
+    with JobReporter(settings, job_id) as job:
+        def report(step: int, total: int, row: dict) -> None:
+            loss = row.get("train_loss")
+            job.progress(step, total, f"step {step}/{total}" + (f" · loss {loss:.3f}" if loss is not None else ""),
+                         raise_on_cancel=False)  # train() polls should_stop and checkpoints first
+
+        metrics = train(snapshot_dir=snapshot, out_dir=out, student_config=sc, train_config=tc,
+                        device=device or settings.resolved_device(), on_progress=report,
+                        should_stop=job.should_stop)
+        job.result = {"student": str(out), "status": metrics.get("status")}
+        if metrics.get("status") == "stopped":
+            raise JobCancelled(f"training stopped at step {metrics.get('optimizer_steps')}; resume with --out {out}")
     typer.echo(json.dumps({"student": str(out), **{k: metrics.get(k) for k in
                            ("status", "optimizer_steps", "total_steps", "final_val_loss")}}))
 
@@ -89,6 +100,7 @@ def evaluate_command(
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
 ) -> None:
     """Score a student against approved captions, with blank- and shuffled-image controls."""
+    from pipeline.settings import Settings
     from pipeline.student.evaluate import evaluate, evaluation_dir, items_from_folder, items_from_snapshot
     from pipeline.student.loader import load_student
 
@@ -98,10 +110,14 @@ def evaluate_command(
     items = items[:limit] if limit else items
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                            top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
-    model = load_student(student, path=inference_path, device=device)
-    out_dir = evaluation_dir(student, name)
-    result = evaluate(student=model, items=items, out_dir=out_dir, generation=gen, seed=seed,
-                      source=f"{snapshot}:{split}" if snapshot else str(images))
+    with JobReporter(Settings(), job_id) as job:
+        model = load_student(student, path=inference_path, device=device)
+        out_dir = evaluation_dir(student, name)
+        result = evaluate(student=model, items=items, out_dir=out_dir, generation=gen, seed=seed,
+                          source=f"{snapshot}:{split}" if snapshot else str(images),
+                          on_progress=lambda done, total, info: job.progress(
+                              done, total, f"{info.get('condition', '')} images"))
+        job.result = {"evaluation": str(out_dir)}
     summary = {c: round(m["class_mention"]["accuracy"], 4) for c, m in result["conditions"].items()}
     typer.echo(json.dumps({"evaluation": str(out_dir), "class_mention": summary}))
 

@@ -1,0 +1,93 @@
+"""Safe decoding of an uploaded image: bytes in, an RGB PIL image out, or an UploadError that
+says in plain words what is wrong (empty, not an image, truncated, too large to decode safely).
+
+Any format Pillow reads is accepted (PNG, JPEG, WebP, GIF: first frame, BMP, TIFF); greyscale,
+palette, CMYK and 16-bit images become RGB, and transparency is composited on white.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""Refuse files above 20 MiB before decoding anything."""
+MAX_PIXELS = 25_000_000
+"""Refuse images above 25 megapixels (well below Pillow's own bomb limit of ~89 MP): a
+decompression bomb is a small file that decodes to gigabytes."""
+WHITE = (255, 255, 255)
+
+
+class UploadError(ValueError):
+    """An upload that cannot be used, with a message meant for the person who uploaded it."""
+
+
+def load_upload(data: bytes, name: str = "upload") -> Image.Image:
+    """Decode `data` (a file called `name`) into a fully loaded RGB image; raise UploadError."""
+    if not data:
+        raise UploadError(f"{name} is empty (0 bytes): choose an image file (PNG, JPEG, WebP, GIF).")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"{name} is {len(data) / 2**20:.1f} MiB; the limit is "
+                          f"{MAX_UPLOAD_BYTES // 2**20} MiB. Upload a smaller image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_size(image, name)  # from the header alone, before any pixel is decoded
+            image.seek(0)  # animated GIF/WebP: the first frame
+            image.load()
+    except UploadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UploadError(f"{name} is too large to decode safely (a possible decompression bomb: "
+                          f"{exc}). Resize it before uploading.") from exc
+    except UnidentifiedImageError as exc:
+        raise UploadError(f"{name} is not an image Pillow can read: upload a PNG, JPEG, WebP or "
+                          "GIF file.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        raise UploadError(f"{name} is damaged or truncated and cannot be decoded ({exc}). "
+                          "Re-export or re-download the image and try again.") from exc
+    return to_rgb(image)
+
+
+def _check_size(image: Image.Image, name: str) -> None:
+    w, h = image.size
+    if w < 1 or h < 1:
+        raise UploadError(f"{name} has no pixels ({w}x{h}).")
+    if w * h > MAX_PIXELS:
+        raise UploadError(
+            f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels: too large to decode safely (the "
+            f"limit is {MAX_PIXELS / 1e6:.0f} MP; a larger image may be a decompression bomb). "
+            "Resize it before uploading."
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of any-mode image: EXIF rotation applied, transparency composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        image = image.point(lambda v: v / 256).convert("L")
+    elif image.mode == "F":
+        image = image.convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def square_resize(image: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square, then resize to size x size (bicubic): the student's input."""
+    image = to_rgb(image)
+    w, h = image.size
+    if w != h:
+        edge = min(w, h)
+        left, top = (w - edge) // 2, (h - edge) // 2
+        image = image.crop((left, top, left + edge, top + edge))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return image

@@ -3,11 +3,6 @@ uploaded, the tiny teacher and the tiny trained student caption it, and both cap
 approved caption and the timings appear; a screenshot is saved under test-output/."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -15,12 +10,11 @@ from tests.app_store import BUNDLED, REPO
 from tests.playground_models import (
     approved_caption, store_with_snapshot, tiny_base, tiny_teacher, train_tiny_student,
 )
-from tests.test_browser_review import CHROMIUM, LAUNCH_ARGS, _free_port, _settle
+from tests.browser import CHROMIUM, LAUNCH_ARGS, needs_chromium, settle, streamlit_server
 
 OUT = REPO / "test-output" / "test_browser_playground"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -30,35 +24,9 @@ def server(tmp_path):
     _, snapshot_id = store_with_snapshot(data)
     teacher = tiny_teacher(tmp_path / "teacher")
     train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(tmp_path / "base"))
-    port = _free_port()
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "CAPSTUDIO_TEACHER_MODEL": str(teacher)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "curation_app/streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    env = {"CAPSTUDIO_DATA_DIR": str(data), "CAPSTUDIO_TEACHER_MODEL": str(teacher)}
+    with streamlit_server(env=env, log_path=tmp_path / "streamlit.log") as url:
+        yield url
 
 
 def test_upload_and_run_both_models(server):
@@ -70,16 +38,16 @@ def test_upload_and_run_both_models(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(f"{server}/playground?reviewer=ann")
         page.get_by_text("Upload", exact=True).first.wait_for(timeout=30_000)
-        _settle(page)
+        settle(page)
         page.get_by_text("Upload", exact=True).first.click()
         page.locator('input[type="file"]').wait_for(state="attached", timeout=20_000)
         page.locator('input[type="file"]').set_input_files(str(BUNDLED / "dog" / "dog_0001.png"))
         page.get_by_text("In the store as item", exact=False).first.wait_for(timeout=30_000)
-        _settle(page)
+        settle(page)
         page.get_by_role("spinbutton", name="Max new tokens").fill("8")
         page.get_by_role("button", name="Run").click()
         page.get_by_text("tokens/s", exact=False).nth(1).wait_for(timeout=120_000)
-        _settle(page)
+        settle(page)
         page.screenshot(path=str(OUT / "playground.png"), full_page=True)
         body = page.locator('[data-testid="stMain"]').inner_text()
         browser.close()

@@ -3,32 +3,17 @@ reviewed with the keyboard only (approve, edit with the diff, skip + undo, appro
 snapshot is exported on the Export page, and `datasets` loads it with those captions."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.app_store import REPO, fill_store
+from tests.browser import CHROMIUM, LAUNCH_ARGS, needs_chromium, settle, streamlit_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 OUT = REPO / "test-output" / "test_browser_review"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs Chromium at /usr/bin/chromium (apt-get install -y chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -38,49 +23,18 @@ def server(tmp_path):
     fill_store(data, per_class=2, drafts={"cat": "A small cat sits on a red sofa.",
                                           "dog": "A brown dog runs on the grass.",
                                           "ship": "A white ship sails at sea."})
-    port = _free_port()
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "CAPSTUDIO_TARGET_PER_CLASS": "1"}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "curation_app/streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-        time.sleep(0.3)
-    yield url, data
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    env = {"CAPSTUDIO_DATA_DIR": str(data), "CAPSTUDIO_TARGET_PER_CLASS": "1"}
+    with streamlit_server(env=env, log_path=tmp_path / "streamlit.log") as url:
+        yield url, data
 
 
 def _caption(page) -> str:
     return page.locator("textarea").first.input_value()
 
 
-def _settle(page) -> None:
-    """Wait until the app's script run has finished (its widgets and shortcuts are live)."""
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=30_000)
-
-
 def _wait_saved(page, what: str) -> None:
     page.get_by_text(what, exact=False).first.wait_for(timeout=20_000)
-    _settle(page)
+    settle(page)
 
 
 def _tab_to_textarea(page) -> None:
@@ -103,7 +57,7 @@ def _review_by_keyboard(page) -> list[str]:
     page.keyboard.type(edited)
     page.keyboard.press("Control+Enter")  # the first press shows the word diff, saves nothing
     page.locator("code", has_text="in the afternoon sun.").first.wait_for(timeout=20_000)
-    _settle(page)
+    settle(page)
     assert page.get_by_text("Check the word diff", exact=False).count() == 1
     page.screenshot(path=str(OUT / "review_diff.png"), full_page=True)
     page.keyboard.press("Control+Enter")
@@ -148,7 +102,7 @@ def test_keyboard_review_then_export(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/review?reviewer=ann")
         page.locator("textarea").first.wait_for(timeout=30_000)
-        _settle(page)
+        settle(page)
         approved = _review_by_keyboard(page)
         page.screenshot(path=str(OUT / "review.png"), full_page=True)
         zipped = _export_and_download(page, url)

@@ -30,3 +30,27 @@ def engine(settings: Settings):
 def store(engine):
     """The same migrated store, under the name the store-level tests use."""
     return engine
+
+
+def seed_images(engine, labels: dict[str, int], *, text: str = "A {label} photo {i}.",
+                model_id: str = "t", prompt: str = "p") -> list[int]:
+    """Add the first n bundled images of each class, each with one teacher draft (`text` is a
+    template over label and i); returns the image ids in insertion order."""
+    import hashlib
+
+    from db.catalog import add_draft, add_image
+    from db.engine import session_scope
+    from db.models import SourceKind
+
+    ids = []
+    with session_scope(engine) as s:
+        for label, n in labels.items():
+            for i in range(n):
+                png = (BUNDLED / label / f"{label}_{i:04d}.png").read_bytes()
+                image, _ = add_image(s, source_kind=SourceKind.bundled, source_key=f"bundled:{label}/{i}",
+                                     label=label, png=png, content_hash=hashlib.sha256(png).hexdigest(),
+                                     width=32, height=32)
+                add_draft(s, image_id=image.id, text=text.format(label=label, i=i), model_id=model_id,
+                          prompt=prompt)
+                ids.append(image.id)
+    return ids

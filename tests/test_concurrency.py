@@ -1,7 +1,6 @@
 """Several reviewer processes on one SQLite store: no item decided twice, no decision lost."""
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import time
 from collections import Counter
@@ -10,13 +9,12 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from db.catalog import add_draft, add_image
 from db.engine import init_store, make_engine, session_scope
 from db.errors import StaleWriteError
-from db.models import RejectReason, Review, ReviewAction, ReviewEvent, ReviewState, SourceKind
+from db.models import RejectReason, Review, ReviewAction, ReviewEvent, ReviewState
 from db.review import claim_next, decide, load_item
 from pipeline.classes import CLASSES
-from tests.conftest import BUNDLED
+from tests.conftest import seed_images
 
 N_WORKERS = 4
 PER_CLASS = 6  # 60 items
@@ -54,14 +52,7 @@ def store_url(settings):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     engine = init_store(url)
-    with session_scope(engine) as s:
-        for label in CLASSES:
-            for i in range(PER_CLASS):
-                png = (BUNDLED / label / f"{label}_{i:04d}.png").read_bytes()
-                image, _ = add_image(s, source_kind=SourceKind.bundled, source_key=f"{label}/{i}",
-                                     label=label, png=png, content_hash=hashlib.sha256(png).hexdigest(),
-                                     width=32, height=32)
-                add_draft(s, image_id=image.id, text=f"A {label}.", model_id="t", prompt="p")
+    seed_images(engine, {label: PER_CLASS for label in CLASSES}, text="A {label}.")
     engine.dispose()
     return url
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from db.catalog import add_draft, add_image
 from db.engine import session_scope
 from db.lineage import list_snapshot_rows, register_student
-from db.models import JobKind, JobStatus, RejectReason, ReviewAction, SourceKind
+from db.models import JobKind, JobStatus, RejectReason, ReviewAction
 from db.review import decide, load_item
 from pipeline.cli import app
 from pipeline.export import (
@@ -26,24 +25,13 @@ from pipeline.export import (
 from pipeline.jobs import launch_job, wait_for_job
 from pipeline.settings import Settings
 from pipeline.snapshot import list_snapshots, read_snapshot
-from tests.conftest import BUNDLED, REPO
+from tests.conftest import REPO, seed_images
 
 
 def seed(engine, labels: dict[str, int]) -> list[int]:
     """Real bundled images with a teacher draft each; returns image ids in insertion order."""
-    ids = []
-    with session_scope(engine) as s:
-        for label, n in labels.items():
-            for i in range(n):
-                png = (BUNDLED / label / f"{label}_{i:04d}.png").read_bytes()
-                image, _ = add_image(
-                    s, source_kind=SourceKind.bundled, source_key=f"bundled:{label}/{i}", label=label,
-                    png=png, content_hash=hashlib.sha256(png).hexdigest(), width=32, height=32,
-                )
-                add_draft(s, image_id=image.id, text=f"Draft: a {label} in a photo, number {i}.",
-                          model_id="teacher-x", prompt="Describe the image.")
-                ids.append(image.id)
-    return ids
+    return seed_images(engine, labels, text="Draft: a {label} in a photo, number {i}.",
+                       model_id="teacher-x", prompt="Describe the image.")
 
 
 def act(engine, image_id: int, action: ReviewAction, **kw) -> None:

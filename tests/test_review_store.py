@@ -17,21 +17,11 @@ from db.review import (
     CLAIM_TTL, MAX_CAPTION_CHARS, claim_next, counts_by_class, decide, events_for_image, load_item,
     release_claims, undo_last,
 )
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, seed_images
 
 
 def seed(engine, labels: dict[str, int]) -> list[int]:
-    ids = []
-    with session_scope(engine) as s:
-        for label, n in labels.items():
-            for i in range(n):
-                png = (BUNDLED / label / f"{label}_{i:04d}.png").read_bytes()
-                image, _ = add_image(s, source_kind=SourceKind.bundled, source_key=f"{label}/{i}",
-                                     label=label, png=png, content_hash=hashlib.sha256(png).hexdigest(),
-                                     width=32, height=32)
-                add_draft(s, image_id=image.id, text=f"A {label} photo {i}.", model_id="t", prompt="p")
-                ids.append(image.id)
-    return ids
+    return seed_images(engine, labels)
 
 
 def act(engine, image_id, action, reviewer="ann", **kw):

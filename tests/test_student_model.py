@@ -8,7 +8,7 @@ from PIL import Image
 from pipeline.classes import CLASSES, mentioned_classes, mentions_class
 from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig
 from pipeline.student.model import IGNORE_INDEX, build_example, collate, patchify
-from tests.conftest_student import TINY_STUDENT, cifar20_records, tiny_phi3  # noqa: F401
+from tests.conftest_student import TINY_STUDENT, cifar20_records
 
 
 def test_class_mentions_use_word_boundaries_synonyms_and_plurals():

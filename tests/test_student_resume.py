@@ -15,7 +15,7 @@ import pytest
 from pipeline.snapshot import write_snapshot
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.student.train import train
-from tests.conftest_student import TINY_STUDENT, cifar20_records, tiny_phi3  # noqa: F401
+from tests.conftest_student import TINY_STUDENT, cifar20_records
 
 REPO = Path(__file__).resolve().parent.parent
 TC = TrainConfig(max_steps=24, batch_size=4, lr_lora=3e-3, lr_projector=3e-3, checkpoint_every=4, seed=1)

@@ -14,9 +14,7 @@ from pipeline.student.generate import generate_captions, stream_caption
 from pipeline.student.config import GenerationConfig
 from pipeline.student.loader import load_student
 from pipeline.student.model import blank_image
-from tests.conftest_student import (  # noqa: F401
-    cifar20_records, cifar20_snapshot, memorised_student, tiny_phi3,
-)
+from tests.conftest_student import cifar20_records
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,54 +1,67 @@
 """Caption generation: greedy or sampled, batched, and a streaming generator for the playground.
 
 Image embeddings enter only in the prefill (`inputs_embeds`); decoding then runs on the KV
-cache with ordinary token embeddings.
+cache with ordinary token embeddings, through the lean loop in decode.py. `hf_generate` is the
+same thing through Hugging Face `generate()`: the reference the lean loop is tested and
+benchmarked against.
 """
 from __future__ import annotations
 
-from threading import Thread
 from typing import Iterator
 
 import torch
 from PIL import Image
 
 from pipeline.student.config import GenerationConfig
+from pipeline.student.decode import LeanDecoder, decode_tokens
 from pipeline.student.model import Student
 
 
-def _prefill(student: Student, images: list[Image.Image]) -> dict:
+def prefill_embeds(student: Student, images: list[Image.Image]) -> torch.Tensor:
+    """(B, P, D) prompt embeddings with each image's patches spliced in (one prompt length)."""
     device = next(student.projector.parameters()).device
-    ids = torch.tensor([student.layout.prompt_ids] * len(images), device=device)  # same length
-    embeds = student.embed(ids, student.pixels(images).to(device))
-    return {"inputs_embeds": embeds, "attention_mask": torch.ones_like(ids)}
+    ids = torch.tensor([student.layout.prompt_ids] * len(images), device=device)
+    return student.embed(ids, student.pixels(images).to(device))
 
 
-def _hf_kwargs(student: Student, gc: GenerationConfig) -> dict:
-    from transformers import GenerationConfig as HFGenerationConfig
-
-    eos = [student.layout.end_id, student.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    hf = HFGenerationConfig(
-        max_new_tokens=gc.max_new_tokens, do_sample=gc.do_sample,
-        temperature=gc.temperature if gc.do_sample else None,
-        top_p=gc.top_p if gc.do_sample else None, top_k=gc.top_k if gc.do_sample else None,
-        repetition_penalty=gc.repetition_penalty, eos_token_id=eos,
-        pad_token_id=student.tokenizer.pad_token_id, use_cache=True,
-    )
-    return {"generation_config": hf}
+def end_ids(student: Student) -> list[int]:
+    return [student.layout.end_id, student.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
 
-@torch.no_grad()
+def decoder(student: Student) -> LeanDecoder:
+    """The student's lean decoder, built once (it holds references to the weights, not copies,
+    so training steps in between are seen)."""
+    if student.__dict__.get("_decoder") is None:
+        lm = student.lm.get_base_model() if hasattr(student.lm, "get_base_model") else student.lm
+        student.__dict__["_decoder"] = LeanDecoder(lm)
+    return student.__dict__["_decoder"]
+
+
+def _tokens(student: Student, images: list[Image.Image], gc: GenerationConfig, *,
+            stop_at_eos: bool = True) -> Iterator[torch.Tensor]:
+    if gc.seed is not None:
+        torch.manual_seed(gc.seed)
+    with torch.no_grad():
+        embeds = prefill_embeds(student, images)
+    yield from decode_tokens(decoder(student), embeds, gc, eos_ids=end_ids(student),
+                             pad_id=student.tokenizer.pad_token_id, stop_at_eos=stop_at_eos)
+
+
+def generate_ids(student: Student, images: list[Image.Image], *,
+                 config: GenerationConfig = GenerationConfig(), stop_at_eos: bool = True) -> torch.Tensor:
+    """New token ids (B, T_new) for a batch of images, pad after each row's end token."""
+    steps = list(_tokens(student, images, config, stop_at_eos=stop_at_eos))
+    return torch.stack(steps, dim=1)
+
+
 def generate_captions(
     student: Student, images: list[Image.Image], *, config: GenerationConfig = GenerationConfig(),
     batch_size: int = 16,
 ) -> list[str]:
     """One caption per image (the text the student writes after `<|assistant|>`)."""
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
     out: list[str] = []
     for s in range(0, len(images), batch_size):
-        chunk = images[s:s + batch_size]
-        new = student.lm.generate(**_prefill(student, chunk), **_hf_kwargs(student, config))
-        # with only inputs_embeds given, generate returns just the new tokens (B, T_new)
+        new = generate_ids(student, images[s:s + batch_size], config=config)
         out += [t.strip() for t in student.tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out
 
@@ -56,32 +69,48 @@ def generate_captions(
 def stream_caption(
     student: Student, image: Image.Image, *, config: GenerationConfig = GenerationConfig(),
 ) -> Iterator[str]:
-    """Yield the caption in text pieces as tokens are decoded (for st.write_stream)."""
-    from transformers import TextIteratorStreamer
+    """Yield the caption in text pieces as tokens are decoded (for st.write_stream).
 
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    streamer = TextIteratorStreamer(student.tokenizer, skip_prompt=False, skip_special_tokens=True,
-                                    timeout=300)
-    errors: list[BaseException] = []
+    Text is re-decoded from all tokens so far (SentencePiece spaces and multi-byte characters
+    come out right); a piece is held back while it ends in an incomplete character.
+    """
+    ids: list[int] = []
+    shown = ""
+    eos = set(end_ids(student))
+    for tok in _tokens(student, [image], config):
+        if int(tok[0]) in eos:
+            break
+        ids.append(int(tok[0]))
+        text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        if len(text) > len(shown) and not text.endswith("\ufffd"):
+            yield text[len(shown):]
+            shown = text
+    text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    if len(text) > len(shown):
+        yield text[len(shown):]
 
-    def run() -> None:
-        try:
-            with torch.no_grad():
-                student.lm.generate(**_prefill(student, [image]), **_hf_kwargs(student, config),
-                                    streamer=streamer)
-        except BaseException as e:  # surfaced to the caller below
-            errors.append(e)
-            streamer.end()
 
-    worker = Thread(target=run, daemon=True)
-    worker.start()
-    first = True
-    for piece in streamer:
-        if first:
-            piece, first = piece.lstrip(), False
-        if piece:
-            yield piece
-    worker.join()
-    if errors:
-        raise errors[0]
+def hf_generate(student: Student, images: list[Image.Image], *,
+                config: GenerationConfig = GenerationConfig(), stop_at_eos: bool = True,
+                streamer=None) -> torch.Tensor:  # noqa: ANN001
+    """The reference: the same decoding through Hugging Face `generate()` (B, T_new)."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    gc = config
+    hf = HFGenerationConfig(
+        max_new_tokens=gc.max_new_tokens, do_sample=gc.do_sample,
+        temperature=gc.temperature if gc.do_sample else None,
+        top_p=gc.top_p if gc.do_sample else None, top_k=gc.top_k if gc.do_sample else None,
+        repetition_penalty=gc.repetition_penalty, eos_token_id=end_ids(student),
+        pad_token_id=student.tokenizer.pad_token_id, use_cache=True,
+    )
+    if not stop_at_eos:
+        hf.min_new_tokens = gc.max_new_tokens
+    if gc.seed is not None:
+        torch.manual_seed(gc.seed)
+    with torch.no_grad():
+        embeds = prefill_embeds(student, images)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        # with only inputs_embeds given, generate returns just the new tokens
+        return student.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=hf,
+                                   streamer=streamer)

@@ -14,12 +14,11 @@ import torch
 from pipeline.student.config import StudentConfig
 from pipeline.student.model import PatchProjector, Student
 
-# Measured by bench/student.py (full-size random Phi-3-mini, 2 cores, 69 GB/s read):
-# "nf4":  the 4-bit base as trained, LoRA unmerged, bitsandbytes' fused AVX512-BF16 CPU kernel
-#         (packed on the first eval forward): 2.29 GB per token, 10.8 tokens/s, TTFT 1.05 s.
-#         Faster than the bf16 path can ever be: its bandwidth bound is 9.8 tokens/s.
+# Measured by bench/student.py (full-size random Phi-3-mini, 2 cores; see README for the latest):
+# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py) with a
+#         native NF4 kernel: 2.29 GB per token, ~18 tokens/s (Hugging Face generate(): ~10.5).
 # "bf16": the NF4 base dequantised to bf16 with LoRA merged in (the same function, no
-#         adapter overhead): 7.45 GB per token, TTFT 0.8 s, peak RSS ~18 GB.
+#         adapter overhead): 7.45 GB per token, so never faster than ~10 tokens/s here.
 INFERENCE_PATHS = ("nf4", "bf16")
 DEFAULT_INFERENCE_PATH = "nf4"
 STUDENT_FILES = ("student.json", "projector.safetensors", "adapter")

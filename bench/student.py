@@ -1,7 +1,7 @@
 """Full-size student on this CPU: QLoRA step time and peak RSS, and each inference path's time
 to first token and decode speed as a fraction of its memory-bandwidth bound.
 
-    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths nf4,nf4-hf]
+    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths nf4,nf4-sdpa,nf4-hf]
 
 Builds a random-weight Phi-3-mini (`Phi3Config()` defaults, bf16, saved once under --work)
 with the real Phi-3 tokenizer. Each measurement runs in its own process so peak RSS is its own.
@@ -107,11 +107,13 @@ def weight_bytes_per_token(model) -> int:
     return total + emb.shape[1] * emb.element_size()
 
 
-# Inference paths: how the base runs (loader path) and which decoding loop drives it.
+# Inference paths: how the base runs (loader path), which decoding loop drives it, and which
+# attention (None: the loader's choice, attention.py's float32 one on the CPU).
 PATHS = {
-    "nf4": ("nf4", "lean"),  # the default: 4-bit base, LoRA unmerged, lean loop (decode.py)
-    "nf4-hf": ("nf4", "hf"),  # same weights through Hugging Face generate(): the baseline
-    "bf16": ("bf16", "lean"),  # base dequantised to bf16, LoRA merged, lean loop
+    "nf4": ("nf4", "lean", None),  # the default: 4-bit base, LoRA unmerged, lean loop (decode.py)
+    "nf4-sdpa": ("nf4", "lean", "sdpa"),  # the same with PyTorch's flash attention kernel
+    "nf4-hf": ("nf4", "hf", None),  # same weights through Hugging Face generate(): the baseline
+    "bf16": ("bf16", "lean", None),  # base dequantised to bf16, LoRA merged, lean loop
 }
 
 
@@ -126,10 +128,12 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     from pipeline.student.generate import _tokens, hf_generate
     from pipeline.student.loader import load_student
 
-    path, loop = PATHS[name]
+    path, loop, attention = PATHS[name]
     t = time.perf_counter()
     student = load_student(work / "student", path=path)
     load_s = time.perf_counter() - t
+    if attention:
+        student.lm.set_attn_implementation(attention)
     img = [Image.new("RGB", (32, 32), (90, 140, 60))]
     gc = GenerationConfig(max_new_tokens=new_tokens)
 
@@ -164,7 +168,8 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     ttft, tps = min(r[0] for r in runs), max(r[1] for r in runs)
     bpt = weight_bytes_per_token(student.lm) / 1e9
     return {"phase": "infer", "path": name, "prompt_tokens": len(student.layout.prompt_ids),
-            "new_tokens": new_tokens, "load_s": round(load_s, 1), "ttft_s": round(ttft, 3),
+            "new_tokens": new_tokens,
+            "attention": student.lm.config._attn_implementation, "load_s": round(load_s, 1), "ttft_s": round(ttft, 3),
             "decode_tok_s": round(tps, 2), "decode_tok_s_runs": [round(r[1], 2) for r in runs],
             "bytes_per_token_gb": round(bpt, 3), "bandwidth_gbs": bw,
             "bandwidth_samples_gbs": [max(b["read_gbs"], b["copy_gbs"]) for b in bws],
@@ -185,7 +190,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/phi3-full"))
     ap.add_argument("--phase", choices=("all", "build", "train", "infer"), default="all")
     ap.add_argument("--path", default="nf4", choices=sorted(PATHS), help="path for --phase infer")
-    ap.add_argument("--paths", default="nf4,nf4-hf,bf16", help="inference paths to compare")
+    ap.add_argument("--paths", default="nf4,nf4-sdpa,nf4-hf,bf16", help="inference paths to compare")
     ap.add_argument("--steps", type=int, default=2, help="measured training steps")
     ap.add_argument("--dtype", default="float32", help="training compute dtype for --phase train")
     ap.add_argument("--train-dtypes", default="float32,bfloat16", help="training dtypes to compare")

@@ -1,5 +1,6 @@
 """The lean decoding loop (pipeline/student/decode.py) and the native NF4 kernel compute what
-Hugging Face generate() and bitsandbytes compute: bit for bit where the arithmetic is the same."""
+Hugging Face generate() and bitsandbytes compute: bit for bit where the arithmetic is the same.
+The CPU attention (attention.py and its native one-token kernel) matches float32 math."""
 from __future__ import annotations
 
 import json
@@ -34,10 +35,10 @@ def _packed(n: int, k: int, seed: int):
 
 
 def test_native_nf4_kernel_equals_bitsandbytes_bit_for_bit():
-    from pipeline.student.kernels import nf4_gemv, unavailable_reason
+    from pipeline.student.kernels import native, unavailable_reason
 
     reason = unavailable_reason()
-    ext = nf4_gemv()
+    ext = native()
     if reason is not None:  # another CPU: the loop must fall back, not fail
         assert ext is None
         return
@@ -53,11 +54,72 @@ def test_native_nf4_kernel_equals_bitsandbytes_bit_for_bit():
         ext.nf4_gemv(torch.randn(1, 128), w, qs.absmax, lut, qs.blocksize)
 
 
-@pytest.mark.parametrize("path", ["nf4", "bf16"])
-def test_lean_loop_is_bit_identical_to_generate(memorised_student, path):
+def _reference_attention(q, k, v, scale, mask=None):
+    g = q.shape[1] // k.shape[1]
+    k, v = (t.float().repeat_interleave(g, dim=1) for t in (k, v))
+    s = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2)
+
+
+def test_native_decode_attention_matches_float32_math():
+    """One query over a cache view (strided like decode.py's buffers), with GQA and lengths that
+    are not multiples of 16: float32 math, rounded to bf16 once."""
+    from pipeline.student.kernels import native
+
+    ext = native()
+    if ext is None:
+        pytest.skip("no native kernels on this CPU (attention.py then uses torch ops)")
+    torch.manual_seed(0)
+    for b, h, hkv, t, d in ((1, 32, 32, 110, 96), (3, 8, 2, 17, 64), (2, 4, 4, 1, 16), (2, 6, 3, 40, 128)):
+        q = torch.randn(b, 1, h, d, dtype=torch.bfloat16).transpose(1, 2)  # a view, as in decode.py
+        kb, vb = (torch.randn(b, hkv, t + 30, d, dtype=torch.bfloat16) * 3 for _ in range(2))
+        out = ext.attend_one(q, kb[:, :, :t], vb[:, :, :t], d ** -0.5)
+        ref = _reference_attention(q, kb[:, :, :t], vb[:, :, :t], d ** -0.5)
+        assert out.shape == (b, 1, h, d) and out.dtype == torch.bfloat16
+        assert ((out.float() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-5).all(), (b, h, hkv, t, d)
+    with pytest.raises(RuntimeError, match="bf16"):
+        ext.attend_one(q.float(), kb, vb, 0.1)
+
+
+def test_cpu_attention_masks_like_sdpa():
+    """Prompts (causal, bool and additive masks, GQA) and one-token steps give sdpa's result up to
+    bf16 rounding, in Hugging Face's output layout."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from pipeline.student.attention import cpu_attention
+
+    torch.manual_seed(1)
+    module = nn.Module()
+    q = torch.randn(2, 8, 9, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 4, 9, 32, dtype=torch.bfloat16) for _ in range(2))
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()[None, None].expand(2, 1, 9, 9).clone()
+    causal[1, :, :, :2] = False  # row 1: two padded positions
+    causal[1, :, :2, 0] = True  # ...but every query sees something
+    additive = torch.zeros(2, 1, 9, 9).masked_fill(~causal, torch.finfo(torch.float32).min)
+    for mask, kwargs in ((None, {"is_causal": True}), (causal, {}), (additive, {})):
+        ours, _ = cpu_attention(module, q, k, v, mask, scaling=0.2, **kwargs)
+        ref_mask = causal if mask is not None else causal[:1].clone().fill_(True).tril()
+        ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(2, 1),
+                                             v.float().repeat_interleave(2, 1), attn_mask=ref_mask,
+                                             scale=0.2).transpose(1, 2)
+        assert ours.shape == (2, 9, 8, 32)
+        torch.testing.assert_close(ours.float(), ref, atol=2e-2, rtol=2e-2)
+    one, _ = cpu_attention(module, q[:, :, -1:], k, v, None, scaling=0.2)  # a decoding step
+    torch.testing.assert_close(one.float(), _reference_attention(q[:, :, -1:], k, v, 0.2), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("path,attention", [("nf4", "capstudio_cpu"), ("bf16", "capstudio_cpu"),
+                                            ("nf4", "sdpa")])
+def test_lean_loop_is_bit_identical_to_generate(memorised_student, path, attention):
     """Every token equals generate()'s: greedy, with repetition penalty and seeded sampling;
-    batches of 1 and 6 (native kernel) and 12 (bitsandbytes' tiled kernel)."""
+    batches of 1 and 6 (native kernel) and 12 (bitsandbytes' tiled kernel); with the loader's
+    float32 CPU attention and with sdpa (what a model fresh from training runs)."""
     student = load_student(memorised_student, path=path)
+    assert student.lm.config._attn_implementation == "capstudio_cpu"  # the loader's CPU default
+    student.lm.set_attn_implementation(attention)
     images = [r.image() for r in cifar20_records()]
     for gc in SETTINGS:
         for batch in (images[:1], images[:6], images[:12]):
@@ -81,3 +143,15 @@ def test_student_bench_measures_every_path_on_a_tiny_student(tmp_path, tiny_phi3
         assert r["path"] == path and r["new_tokens"] == 6
         assert r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["bandwidth_gbs"] > 1
         assert r["fraction_of_bound"] == pytest.approx(r["decode_tok_s"] / r["bound_tok_s"], abs=2e-3)
+
+
+def test_gpu_check_runs_its_phases_on_a_cpu_with_a_tiny_model(tmp_path):
+    """bench/gpu_check.py (run on a lent GPU) keeps working: its full-size phases on a tiny Phi-3."""
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--skip-memorise",
+                           "--full-config", "tiny", "--work", str(tmp_path), "--steps", "1", "--reps", "1",
+                           "--new-tokens", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["phase"]: r for r in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{")))}
+    assert all(rows[p]["ok"] for p in ("env", "full-build", "full-train", "full-infer")), rows
+    assert rows["full-train"]["step_s"] > 0 and rows["full-infer"]["lean_equals_hf"] is True
+    assert rows["full-infer"]["lean_decode_tok_s"] > 0 and rows["full-infer"]["hf_decode_tok_s"] > 0

@@ -40,7 +40,9 @@ def save_checkpoint(*, student: Student, optimizer, scheduler, step: int, out_di
     save_student(student, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate()}, tmp / "optimizer.pt")
+                "python_rng": random.getstate(),  # + the GPU's: LoRA dropout draws from it there
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
@@ -59,10 +61,14 @@ def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) ->
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"checkpoint adapter has unexpected keys: {result.unexpected_keys[:3]}")
     student.projector.load_state_dict(load_file(ckpt / "projector.safetensors"))
-    blob = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    # map to the CPU: a GPU-written checkpoint must resume on a CPU-only machine too
+    # (load_state_dict moves the optimizer state to the parameters' device)
+    blob = torch.load(ckpt / "optimizer.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     np.random.set_state(blob["numpy_rng"])
     random.setstate(blob["python_rng"])
+    if blob.get("cuda_rng") is not None and torch.cuda.is_available() and len(blob["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
     return json.loads((ckpt / "state.json").read_text())

@@ -5,8 +5,10 @@ peft and bitsandbytes wrappers) around ~45 ms of 4-bit matmul. Here, as in nanoG
 the prefill (image embeddings and the prompt) runs once through the Hugging Face model, and each
 new token then runs through flat per-layer code that does exactly what `Phi3DecoderLayer`, peft's
 LoRA layer and bitsandbytes' `Linear4bit` do, in the same order and dtypes, against a
-preallocated KV cache. tests/test_student_decode.py checks it token for token against
-`generate()` on both inference paths; bench/student.py measures both loops.
+preallocated KV cache. Attention is the model's own attention function (on the CPU the loader
+sets attention.py's float32 one), so both loops compute the same numbers.
+tests/test_student_decode.py checks it token for token against `generate()` on both inference
+paths; bench/student.py measures both loops.
 """
 from __future__ import annotations
 
@@ -56,12 +58,12 @@ def _base_linear(module: nn.Module, *, prepack: bool = False) -> Linear:
 
 
 def _packed_4bit(w: torch.Tensor, qs, dtype: torch.dtype) -> Linear:
-    from pipeline.student.kernels import nf4_gemv
+    from pipeline.student.kernels import native
 
     n, k = qs.shape
     shape, absmax, code, bs = qs.shape, qs.absmax, qs.code, qs.blocksize
     op = torch.ops.bitsandbytes.gemv_4bit.default
-    ext = nf4_gemv()
+    ext = native()
     if ext is None or absmax.dtype != torch.bfloat16 or code.numel() != 16:
         return lambda x: op(x.to(dtype), w, shape, absmax, code, bs).to(x.dtype)
     lut = code.to(torch.bfloat16).view(torch.int16).repeat(2).contiguous()
@@ -143,13 +145,6 @@ class _Layer:
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """What Hugging Face's sdpa attention computes for one query, bit for bit. (A float32
-    matmul-softmax-matmul was measured too: no faster end to end on the full model.)"""
-    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    return F.scaled_dot_product_attention(q, k, v, scale=scale, **gqa)
-
-
 class LeanDecoder:
     """Per-token Phi-3 forward over a preallocated KV cache (batch B, one new token each)."""
 
@@ -162,7 +157,6 @@ class LeanDecoder:
             causal_lm(input_ids=torch.zeros(1, 1, dtype=torch.long, device=causal_lm.device))  # first use
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.scale = self.head_dim ** -0.5
         self.layers = [
             _Layer(ln1=_rms_norm(L.input_layernorm), qkv=_projection(L.self_attn.qkv_proj),
                    o=_projection(L.self_attn.o_proj), ln2=_rms_norm(L.post_attention_layernorm),
@@ -174,6 +168,7 @@ class LeanDecoder:
         self.lm_head = _base_linear(causal_lm.lm_head, prepack=True) if not hasattr(
             causal_lm.lm_head, "lora_A") else _projection(causal_lm.lm_head)
         self.embed = causal_lm.get_input_embeddings()
+        self.attn_modules = [L.self_attn for L in self.core.layers]
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
 
@@ -193,8 +188,18 @@ class LeanDecoder:
                 dst.append(buf)
         return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
 
+    def _attention(self) -> Callable:
+        """The attention function the Hugging Face model itself calls (sdpa, eager, or
+        attention.py's float32 one on the CPU), so both loops compute the same numbers."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.phi3.modeling_phi3 import eager_attention_forward
+
+        return ALL_ATTENTION_FUNCTIONS.get_interface(self.core.config._attn_implementation,
+                                                     eager_attention_forward)
+
     def step(self, token_ids: torch.Tensor, pos: int) -> torch.Tensor:
         """Feed one token per row at position `pos`; return float32 logits (B, V)."""
+        attend = self._attention()
         x = self.embed(token_ids[:, None])  # (B, 1, D)
         b = x.shape[0]
         cos, sin = self.core.rotary_emb(x, torch.full((b, 1), pos, dtype=torch.long, device=x.device))
@@ -207,8 +212,9 @@ class LeanDecoder:
             v = qkv[..., nq + nkv:].view(b, 1, -1, hd).transpose(1, 2)
             self.k[i][:, :, pos:pos + 1] = k
             self.v[i][:, :, pos:pos + 1] = v
-            a = _attend(q, self.k[i][:, :, :pos + 1], self.v[i][:, :, :pos + 1], self.scale)
-            x = x + L.o(a.transpose(1, 2).reshape(b, 1, -1))
+            a, _ = attend(self.attn_modules[i], q, self.k[i][:, :, :pos + 1], self.v[i][:, :, :pos + 1],
+                          None, dropout=0.0, scaling=self.attn_modules[i].scaling)
+            x = x + L.o(a.reshape(b, 1, -1))
             gate, up = L.gate_up(L.ln2(x)).chunk(2, dim=-1)
             x = x + L.down(up * L.act(gate))
         return self.lm_head(self.norm(x))[:, -1, :].to(dtype=torch.float32)

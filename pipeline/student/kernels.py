@@ -1,10 +1,13 @@
 """Native CPU kernels for decoding, compiled on first use with torch.utils.cpp_extension.
 
-`nf4_gemv()` returns the compiled NF4 matrix-vector extension (csrc/nf4_gemv.cpp), or None
-when this machine cannot build or run it: not x86-64 with AVX512-BF16, no C++ compiler or
-ninja, or CAPSTUDIO_NATIVE_KERNELS=0. Callers then use bitsandbytes' kernel, which computes
-the same numbers ~20% slower. The first build takes ~20 s and is cached by PyTorch
-(~/.cache/torch_extensions, or TORCH_EXTENSIONS_DIR).
+`native()` returns the compiled extension, or None when this machine cannot build or run it:
+not x86-64 with AVX512-BF16, no C++ compiler or ninja, or CAPSTUDIO_NATIVE_KERNELS=0.
+- `nf4_gemv` (csrc/nf4_gemv.cpp): NF4 matrix-vector product, bit-identical to bitsandbytes'
+  CPU kernel and faster; without it, decode.py calls bitsandbytes' kernel.
+- `attend_one` (csrc/attention.cpp): float32 attention of one new token; without it,
+  attention.py computes it with three batched torch ops.
+The first build takes ~30 s and is cached by PyTorch (~/.cache/torch_extensions, or
+TORCH_EXTENSIONS_DIR).
 """
 from __future__ import annotations
 
@@ -59,18 +62,22 @@ def _ninja_dir() -> str | None:
     return str(ninja.BIN_DIR)
 
 
+SOURCES = ("nf4_gemv.cpp", "attention.cpp", "module.cpp")
+
+
 @cache
-def nf4_gemv():
-    """The compiled extension (with `.nf4_gemv(x, w, absmax, lut, blocksize)`) or None."""
+def native():
+    """The compiled extension (`.nf4_gemv(x, w, absmax, lut, blocksize)`,
+    `.attend_one(q, k, v, scale)`) or None."""
     reason = unavailable_reason()
     if reason is None:
         try:
             from torch.utils.cpp_extension import load
 
             os.environ["PATH"] = _ninja_dir() + os.pathsep + os.environ.get("PATH", "")
-            return load(name="capstudio_nf4_gemv", sources=[str(CSRC / "nf4_gemv.cpp")],
+            return load(name="capstudio_kernels", sources=[str(CSRC / f) for f in SOURCES],
                         extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # noqa: BLE001  (any build failure means: use the fallback)
             reason = f"build failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
-    log.warning("native NF4 decode kernel not used (%s); using bitsandbytes' kernel", reason)
+    log.warning("native decode kernels not used (%s); using bitsandbytes' and torch's ops", reason)
     return None

@@ -15,8 +15,8 @@ from pipeline.student.config import StudentConfig
 from pipeline.student.model import PatchProjector, Student
 
 # Measured by bench/student.py (full-size random Phi-3-mini, 2 cores; see README for the latest):
-# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py) with a
-#         native NF4 kernel: 2.29 GB per token, ~18 tokens/s (Hugging Face generate(): ~10.5).
+# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py) with
+#         native NF4 and attention kernels: 2.29 GB per token, ~23 tokens/s (generate(): ~11).
 # "bf16": the NF4 base dequantised to bf16 with LoRA merged in (the same function, no
 #         adapter overhead): 7.45 GB per token, so never faster than ~10 tokens/s here.
 INFERENCE_PATHS = ("nf4", "bf16")
@@ -123,6 +123,10 @@ def load_student(
     _assert_adapters(lm, cfg)
     if path == "bf16":
         lm = lm.merge_and_unload()
+    if device == "cpu":  # float32 attention: faster than sdpa's flash kernel for decoding
+        from pipeline.student.attention import register
+
+        base.set_attn_implementation(register())
     projector = PatchProjector(cfg, base.config.hidden_size)
     projector.load_state_dict(load_file(folder / "projector.safetensors"))
     student = Student(lm, projector.to(device), load_tokenizer(cfg.base_model), cfg)

@@ -33,8 +33,8 @@ def compute_dtype(tc: TrainConfig, device: str) -> torch.dtype:
     2 cores: 7.3 s per QLoRA step in bf16 against 17.6 s in fp32); fp32 on other CPUs."""
     if tc.dtype != "auto":
         return getattr(torch, tc.dtype)
-    if device.startswith("cuda"):
-        return torch.bfloat16
+    if device.startswith("cuda"):  # pre-Ampere cards (T4, V100) have no bf16: fp32, not fp16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     from bitsandbytes.functional import has_avx512bf16
 
     return torch.bfloat16 if has_avx512bf16() else torch.float32

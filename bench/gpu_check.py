@@ -381,10 +381,8 @@ def phase_full_infer(device: str, work: Path, which: str, new_tokens: int, reps:
     stop_at_eos=False, synchronising at every token (what a streaming reader does)."""
     import torch
     from PIL import Image
-    from transformers.generation.streamers import BaseStreamer
-
     from pipeline.student.config import GenerationConfig
-    from pipeline.student.generate import _tokens, generate_ids, hf_generate
+    from pipeline.student.generate import generate_ids, hf_generate
     from pipeline.student.loader import load_student
 
     bs = bench_student()
@@ -398,31 +396,8 @@ def phase_full_infer(device: str, work: Path, which: str, new_tokens: int, reps:
     img = [Image.new("RGB", (32, 32), (90, 140, 60))]
     gc_ = GenerationConfig(max_new_tokens=new_tokens)
 
-    class Stamps(BaseStreamer):
-        def __init__(self):
-            self.t = []
-
-        def put(self, value):
-            sync(device)
-            self.t.append(time.perf_counter())
-
-        def end(self):
-            pass
-
     def run(loop: str) -> tuple[float, float]:
-        sync(device)
-        t0 = time.perf_counter()
-        if loop == "hf":
-            st = Stamps()
-            hf_generate(student, img, config=gc_, stop_at_eos=False, streamer=st)
-            stamps = st.t[1:]  # generate() first puts the (empty) prompt
-        else:
-            stamps = []
-            for _ in _tokens(student, img, gc_, stop_at_eos=False):
-                sync(device)
-                stamps.append(time.perf_counter())
-        assert len(stamps) == new_tokens, len(stamps)
-        return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        return bs.timed_generation(student, img, gc_, loop, sync=lambda: sync(device))
 
     with torch.no_grad():
         for loop in ("lean", "hf"):

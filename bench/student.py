@@ -117,15 +117,47 @@ PATHS = {
 }
 
 
+def timed_generation(student, images, gc, loop: str, sync=lambda: None) -> tuple[float, float]:
+    """One generation without stopping at an end token: (seconds to the first token, decode
+    tokens/s from the first to the last token). loop: "lean" (decode.py) or "hf" (generate());
+    `sync` runs before each time stamp (a GPU synchronise)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    from pipeline.student.generate import _tokens, hf_generate
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.t = []
+
+        def put(self, value):
+            sync()
+            self.t.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    sync()
+    t0 = time.perf_counter()
+    if loop == "hf":
+        st = Stamps()
+        hf_generate(student, images, config=gc, stop_at_eos=False, streamer=st)
+        stamps = st.t[1:]  # generate() first puts the (empty) prompt
+    else:
+        stamps = []
+        for _ in _tokens(student, images, gc, stop_at_eos=False):
+            sync()
+            stamps.append(time.perf_counter())
+    assert len(stamps) == gc.max_new_tokens, len(stamps)
+    return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
 def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     """Time to first token and decode tokens/s (first to last token, so prefill noise stays out),
     with the bandwidth sampled around every timed run."""
     import torch
     from PIL import Image
-    from transformers.generation.streamers import BaseStreamer
 
     from pipeline.student.config import GenerationConfig
-    from pipeline.student.generate import _tokens, hf_generate
     from pipeline.student.loader import load_student
 
     path, loop, attention = PATHS[name]
@@ -137,26 +169,8 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     img = [Image.new("RGB", (32, 32), (90, 140, 60))]
     gc = GenerationConfig(max_new_tokens=new_tokens)
 
-    class Stamps(BaseStreamer):
-        def __init__(self):
-            self.t = []
-
-        def put(self, value):
-            self.t.append(time.perf_counter())
-
-        def end(self):
-            pass
-
     def run() -> tuple[float, float]:
-        t0 = time.perf_counter()
-        if loop == "hf":
-            st = Stamps()
-            hf_generate(student, img, config=gc, stop_at_eos=False, streamer=st)
-            stamps = st.t[1:]  # generate() first puts the (empty) prompt
-        else:
-            stamps = [time.perf_counter() for _ in _tokens(student, img, gc, stop_at_eos=False)]
-        assert len(stamps) == new_tokens, len(stamps)
-        return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        return timed_generation(student, img, gc, loop)
 
     with torch.no_grad():
         run()  # warm-up (bitsandbytes' one-time repacking, kernel build/load)

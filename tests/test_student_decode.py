@@ -134,13 +134,14 @@ def test_student_bench_measures_every_path_on_a_tiny_student(tmp_path, tiny_phi3
 
     save_student(build_student(StudentConfig(base_model=str(tiny_phi3)), dtype=torch.bfloat16),
                  tmp_path / "student")
-    for path in ("nf4", "nf4-hf"):
+    for path in ("nf4", "nf4-sdpa", "nf4-hf"):
         proc = subprocess.run([sys.executable, "bench/student.py", "--phase", "infer", "--work",
                                str(tmp_path), "--path", path, "--new-tokens", "6", "--reps", "1"],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         assert r["path"] == path and r["new_tokens"] == 6
+        assert r["attention"] == ("sdpa" if path == "nf4-sdpa" else "capstudio_cpu")
         assert r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["bandwidth_gbs"] > 1
         assert r["fraction_of_bound"] == pytest.approx(r["decode_tok_s"] / r["bound_tok_s"], abs=2e-3)
 

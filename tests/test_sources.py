@@ -98,3 +98,41 @@ def test_missing_sources_say_what_to_pass(store, tmp_path):
         import_images(store, source=ImportSource.folder, n_per_class=1, path=tmp_path / "nothing")
     with session_scope(store) as s:
         assert count_images(s) == 0
+
+
+def test_cifar10_in_torchvisions_layout_is_read_by_torchvision(store, tmp_path, monkeypatch):
+    """A `cifar-10-batches-py` folder (pickled batches and meta, as in the official archive), read
+    by torchvision's own CIFAR10 class. Only its md5 checks are bypassed: these files hold 30 of
+    the bundled pictures, not the official archive."""
+    import pickle
+
+    import numpy as np
+    import torchvision.datasets.cifar as tv_cifar
+
+    from pipeline.classes import CLASSES
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    pictures, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for f in sorted((BUNDLED / name).glob("*.png"))[:3]:
+            pictures.append(PILImage.open(f).convert("RGB"))
+            labels.append(label)
+    data = np.stack([np.asarray(p).transpose(2, 0, 1).reshape(-1) for p in pictures])  # CHW rows
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+
+    summary = import_images(store, source=ImportSource.cifar10, n_per_class=2, path=tmp_path)
+    assert (summary.added, summary.corrupt) == (20, 0)
+    assert _labels(store) == Counter({c: 2 for c in CLASSES})
+    with session_scope(store) as s:
+        rows = s.exec(select(Image)).all()
+    for row in rows:  # each stored picture is the one at its index in the batch, under its label
+        assert row.source_kind == SourceKind.cifar10 and row.source_key.startswith("cifar10:test:")
+        i = int(row.source_key.rsplit(":", 1)[1])
+        assert CLASSES[labels[i]] == row.label
+        assert PILImage.open(io.BytesIO(row.png)).convert("RGB").tobytes() == pictures[i].tobytes()
+    again = import_images(store, source=ImportSource.cifar10, n_per_class=2, path=tmp_path)
+    assert (again.added, again.existing) == (0, 20)

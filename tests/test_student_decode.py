@@ -156,3 +156,18 @@ def test_gpu_check_runs_its_phases_on_a_cpu_with_a_tiny_model(tmp_path):
     assert all(rows[p]["ok"] for p in ("env", "full-build", "full-train", "full-infer")), rows
     assert rows["full-train"]["step_s"] > 0 and rows["full-infer"]["lean_equals_hf"] is True
     assert rows["full-infer"]["lean_decode_tok_s"] > 0 and rows["full-infer"]["hf_decode_tok_s"] > 0
+
+
+def test_without_native_kernels_both_loops_still_agree(memorised_student, monkeypatch):
+    """A CPU without AVX512-BF16, g++ or ninja: bitsandbytes' kernel and torch's attention ops,
+    and still every token equals generate()'s."""
+    import pipeline.student.attention as attention
+    import pipeline.student.kernels as kernels
+
+    monkeypatch.setattr(kernels, "native", lambda: None)
+    monkeypatch.setattr(attention, "native", lambda: None)
+    student = load_student(memorised_student)
+    images = [r.image() for r in cifar20_records()]
+    for batch in (images[:1], images[:6]):
+        for gc in SETTINGS[:2]:
+            assert torch.equal(generate_ids(student, batch, config=gc), hf_generate(student, batch, config=gc))

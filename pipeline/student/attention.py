@@ -27,17 +27,17 @@ def cpu_attention(
 ) -> tuple[torch.Tensor, None]:
     """Hugging Face attention-interface signature: query (B, H, Tq, D), key/value (B, Hkv, Tk, D),
     returns (B, Tq, H, D) in the query's dtype."""
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if query.shape[2] == 1 and attention_mask is None and query.dtype == key.dtype == torch.bfloat16:
         ext = native()  # decoding: one fused pass (csrc/attention.cpp)
         if ext is not None and query.device.type == "cpu" and query.shape[-1] % 16 == 0:
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
             return ext.attend_one(query, key, value, scale), None
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = (t.repeat_interleave(groups, dim=1) for t in (key, value))
     tq, tk = query.shape[2], key.shape[2]
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2))
-    scores.mul_(query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scores.mul_(scale)
     low = torch.finfo(torch.float32).min  # not -inf: a fully masked row stays finite
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:

@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.phi3.modeling_phi3 import eager_attention_forward
 
 from pipeline.student.config import GenerationConfig
 
@@ -191,9 +193,6 @@ class LeanDecoder:
     def _attention(self) -> Callable:
         """The attention function the Hugging Face model itself calls (sdpa, eager, or
         attention.py's float32 one on the CPU), so both loops compute the same numbers."""
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        from transformers.models.phi3.modeling_phi3 import eager_attention_forward
-
         return ALL_ATTENTION_FUNCTIONS.get_interface(self.core.config._attn_implementation,
                                                      eager_attention_forward)
 

@@ -18,13 +18,11 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 
@@ -139,7 +137,7 @@ SNAPSHOT: Path | None = None  # --snapshot: an existing copy (write_snapshot nee
 
 def prepare_snapshot(work: Path) -> tuple[Path, str]:
     """The 20-image snapshot of the tests, written by the real write_snapshot (or --snapshot)."""
-    from pipeline.snapshot import write_snapshot
+    from pipeline.data.snapshot import write_snapshot
     from tests.conftest_student import cifar20_records
 
     if SNAPSHOT is not None:
@@ -154,8 +152,8 @@ def phase_resume(device: str, work: Path) -> dict:
     checkpoint against an uninterrupted one, with LoRA dropout on (it draws from the device's
     random state, which the checkpoint must carry)."""
     from pipeline.student.config import StudentConfig, TrainConfig
-    from pipeline.student.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
     from pipeline.student.train import train
+    from pipeline.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
     from tests.conftest_student import TINY_STUDENT
 
     work = work / "resume"
@@ -193,8 +191,8 @@ def phase_memorise(device: str, work: Path) -> dict:
     from pipeline.student.generate import generate_captions, generate_ids, hf_generate
     from pipeline.student.loader import load_student
     from pipeline.student.model import blank_image
-    from pipeline.student.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
     from pipeline.student.train import train
+    from pipeline.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
     from tests.conftest_student import MEMORISE, TINY_STUDENT, cifar20_records
 
     work = work / "memorise"
@@ -275,10 +273,10 @@ def phase_full_build(device: str, work: Path, which: str) -> dict:
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    from pipeline.student.tiny import TOKENIZER_FILES, find_phi3_tokenizer_dir
+    from pipeline.tiny import PHI3_TOKENIZER_FILES, find_phi3_tokenizer_dir
 
     base = work / f"phi3-mini-random-{which}"
-    if (base / "config.json").is_file() and all((base / f).is_file() for f in TOKENIZER_FILES):
+    if (base / "config.json").is_file() and all((base / f).is_file() for f in PHI3_TOKENIZER_FILES):
         return {"base": str(base), "reused": True}
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -298,7 +296,7 @@ def phase_full_build(device: str, work: Path, which: str) -> dict:
     t = time.perf_counter()
     model.save_pretrained(base)
     save_s = time.perf_counter() - t
-    for name in TOKENIZER_FILES:
+    for name in PHI3_TOKENIZER_FILES:
         shutil.copyfile(find_phi3_tokenizer_dir() / name, base / name)
     del model
     free(device)
@@ -381,6 +379,7 @@ def phase_full_infer(device: str, work: Path, which: str, new_tokens: int, reps:
     stop_at_eos=False, synchronising at every token (what a streaming reader does)."""
     import torch
     from PIL import Image
+
     from pipeline.student.config import GenerationConfig
     from pipeline.student.generate import generate_ids, hf_generate
     from pipeline.student.loader import load_student

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.snapshot import SnapshotRecord, write_snapshot  # noqa: E402
-from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig  # noqa: E402
-from pipeline.student.evaluate import LABEL_CAPTION, EvalItem, evaluate  # noqa: E402
-from pipeline.student.loader import load_student  # noqa: E402
-from pipeline.student.tiny import build_tiny_phi3, find_phi3_tokenizer_dir  # noqa: E402
-from pipeline.student.train import train  # noqa: E402
+from pipeline.data.snapshot import SnapshotRecord, write_snapshot
+from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig
+from pipeline.student.evaluate import LABEL_CAPTION, EvalItem, evaluate
+from pipeline.student.loader import load_student
+from pipeline.student.train import train
+from pipeline.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 

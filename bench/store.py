@@ -13,20 +13,18 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from db.engine import init_store, session_scope  # noqa: E402
-from db.models import Draft, Image, Review, ReviewAction, ReviewState, SourceKind  # noqa: E402
-from db.review import QueueOrder, claim_next, decide  # noqa: E402
-from pipeline.classes import CLASSES  # noqa: E402
-from pipeline.flags import Flag, compute_flags  # noqa: E402
+from db.engine import init_store, session_scope
+from db.models import Draft, Image, Review, ReviewAction, ReviewState, SourceKind
+from db.review import QueueOrder, claim_next, decide
+from pipeline.classes import CLASSES
+from pipeline.teacher.flags import Flag, compute_flags
 
 BUNDLED = REPO / "pipeline" / "assets" / "cifar10"
 REVIEW_PAGE = REPO / "curation_app" / "app_pages" / "review.py"
@@ -41,7 +39,7 @@ CHUNK = 5000
 def seed(engine, *, n: int) -> None:  # noqa: ANN001
     """Bulk-insert n images, one draft each and their pending review rows (SQLAlchemy core)."""
     pngs = {c: [p.read_bytes() for p in sorted((BUNDLED / c).glob("*.png"))] for c in CLASSES}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     drafts = {(c, t): (t.format(c=c), compute_flags(t.format(c=c), c)) for c in CLASSES for t in TEMPLATES}
     with engine.begin() as conn:
         for start in range(0, n, CHUNK):
@@ -101,7 +99,7 @@ def bench_empty_filter(engine, *, runs: int = 5) -> dict:  # noqa: ANN001
 
 def bench_service(engine, *, iters: int) -> dict:  # noqa: ANN001
     """The review page's round trip: studio.submit_decision (decide, next, progress per class)."""
-    from pipeline import studio
+    from pipeline.services import review as studio
 
     spec = studio.QueueSpec(reviewer="bench-service")
     view = studio.open_review(engine, spec=spec)

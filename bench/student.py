@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 CAPTION = "a small brown bird perched on a thin branch in front of a pale green background."
 
 
@@ -50,7 +48,7 @@ def build_base(work: Path) -> Path:
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    from pipeline.student.tiny import TOKENIZER_FILES, find_phi3_tokenizer_dir
+    from pipeline.tiny import PHI3_TOKENIZER_FILES, find_phi3_tokenizer_dir
 
     base = work / "phi3-mini-random"
     if (base / "config.json").is_file():
@@ -60,7 +58,7 @@ def build_base(work: Path) -> Path:
     model = Phi3ForCausalLM(Phi3Config())
     model.generation_config.eos_token_id = [32000, 32007]
     model.save_pretrained(base)
-    for name in TOKENIZER_FILES:
+    for name in PHI3_TOKENIZER_FILES:
         (base / name).write_bytes((find_phi3_tokenizer_dir() / name).read_bytes())
     return base
 

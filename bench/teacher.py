@@ -10,18 +10,19 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from PIL import Image as PILImage
 
-from PIL import Image as PILImage  # noqa: E402
-
-from pipeline.teacher import (  # noqa: E402
-    GenerationParams, Teacher, _encode, load_teacher, processor_params_for,
+from pipeline.teacher.model import (
+    GenerationParams,
+    Teacher,
+    _encode,
+    load_teacher,
+    processor_params_for,
 )
-from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir  # noqa: E402
+from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 
 BUNDLED = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "cifar10"
 # (name, dtype, batch size, one tile?, images measured)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import RejectReason
+from pipeline.services.guidelines import load_guidelines, save_guidelines
+from pipeline.services.overview import Progress
+from pipeline.services.review import REJECT_REASON_TEXT, DiffOp, flag_choices, upscale_png, word_diff
 from pipeline.settings import Settings
-from pipeline.studio import (
-    REJECT_REASON_TEXT, DiffOp, Progress, flag_choices, load_guidelines, save_guidelines,
-    upscale_png, word_diff,
-)
 
 REVIEWER_KEY = "reviewer"
 _DIFF_MARK = {DiffOp.equal: "  ", DiffOp.removed: "- ", DiffOp.added: "+ "}

@@ -5,17 +5,9 @@ sidebar reviewer picker that every page shares.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-# `streamlit run` puts this folder, not the repository root, on sys.path.
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import streamlit as st  # noqa: E402
-
-from curation_app.components import reviewer_picker  # noqa: E402
+from curation_app.components import reviewer_picker
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),

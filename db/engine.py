@@ -1,9 +1,9 @@
 """Engine and sessions: one short session per unit of work; SQLite in WAL mode."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine

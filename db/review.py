@@ -13,10 +13,21 @@ from sqlalchemy import String, cast, func, or_
 from sqlmodel import Session, select
 
 from db.errors import (
-    ClaimedError, InvalidActionError, InvalidCaptionError, NothingToUndoError, StaleWriteError,
+    ClaimedError,
+    InvalidActionError,
+    InvalidCaptionError,
+    NothingToUndoError,
+    StaleWriteError,
 )
 from db.models import (
-    Draft, Image, RejectReason, Review, ReviewAction, ReviewEvent, ReviewState, utcnow,
+    Draft,
+    Image,
+    RejectReason,
+    Review,
+    ReviewAction,
+    ReviewEvent,
+    ReviewState,
+    utcnow,
 )
 
 MAX_CAPTION_CHARS = 2000

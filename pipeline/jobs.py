@@ -65,7 +65,7 @@ class JobReporter:
         self._engine = make_engine(settings.resolved_database_url) if job_id is not None else None
         self.result: dict = {}
 
-    def __enter__(self) -> "JobReporter":
+    def __enter__(self) -> JobReporter:
         if self._engine is not None:
             with session_scope(self._engine) as s:
                 start_job(s, job_id=self.job_id, pid=os.getpid())

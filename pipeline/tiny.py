@@ -1,4 +1,5 @@
-"""Tiny random models of the real architectures (Idefics3 teacher, Phi3 student) for tests and offline use.
+"""Tiny random models of the real architectures (Idefics3 teacher, Phi3 student): the one home for tests,
+benches and offline use.
 
 `python -m pipeline build-tiny teacher data/models/tiny-teacher` writes a folder that loads like
 `HuggingFaceTB/SmolVLM-256M-Instruct`; its captions are noise, and a marker file says so.
@@ -25,6 +26,7 @@ SMOLVLM_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 IMAGE_SEQ_LEN = 64  # image tokens per 512-px tile, as in SmolVLM-256M
+PHI3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def find_smolvlm_processor_dir() -> Path | None:
@@ -126,10 +128,50 @@ def _write_trained_processor(out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
+def find_phi3_tokenizer_dir() -> Path:
+    """The shared Phi-3 tokenizer folder when present, else the copy under tests/assets."""
+    for cand in (REPO_ROOT.parent / "shared" / "models" / "Phi-3-mini-4k-instruct",
+                 REPO_ROOT / "tests" / "assets" / "phi3_tokenizer"):
+        if all((cand / f).is_file() for f in PHI3_TOKENIZER_FILES):
+            return cand
+    raise FileNotFoundError("no Phi-3 tokenizer files in ../shared/models or tests/assets")
+
+
+def build_tiny_phi3(
+    out_dir: Path,
+    *,
+    tokenizer_dir: Path | None = None,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int = 256,
+    seed: int = 0,
+    init_std: float = 0.02,
+    dtype: str = "bfloat16",
+) -> Path:
+    """Save a random Phi3ForCausalLM (vocab 32064, like Phi-3-mini) plus tokenizer; returns out_dir."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = Phi3Config(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, intermediate_size=intermediate, vocab_size=32064,
+        max_position_embeddings=4096, initializer_range=init_std, pad_token_id=32000, bos_token_id=1, eos_token_id=32000,
+    )
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config.eos_token_id = [32000, 32007]  # <|endoftext|>, <|end|> as in Phi-3
+    model.save_pretrained(out_dir)
+    src = Path(tokenizer_dir) if tokenizer_dir else find_phi3_tokenizer_dir()
+    for name in PHI3_TOKENIZER_FILES:
+        shutil.copyfile(src / name, out_dir / name)
+    return out_dir
+
+
 def build_tiny_student(out_dir: Path, *, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
     """Save a tiny random Phi3ForCausalLM with the Phi-3 tokenizer (vocab 32064); returns out_dir."""
-    from pipeline.student.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
-
     src = Path(tokenizer_dir) if tokenizer_dir else find_phi3_tokenizer_dir()
     build_tiny_phi3(Path(out_dir), tokenizer_dir=src, seed=seed)
     _mark_tiny(Path(out_dir), "student base (Phi3ForCausalLM)", f"real Phi-3 tokenizer from {src}")

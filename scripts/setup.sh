@@ -7,10 +7,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch/torchvision are pinned exactly in requirements.txt so pip never pulls a newer build.
   .venv/bin/python -m pip install -q -r requirements.txt
+  # The project itself, editable and without dependencies (requirements.txt pins them): gives the
+  # `capstudio` command and makes pipeline/db/curation_app importable from anywhere.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

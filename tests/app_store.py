@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from db.catalog import add_draft, add_image
 from db.engine import init_store, session_scope
 from db.models import SourceKind
-from pipeline.sources import pixel_hash, to_png
+from pipeline.data.images import pixel_hash, to_png
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "pipeline" / "assets" / "cifar10"

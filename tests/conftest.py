@@ -7,6 +7,7 @@ import pytest
 
 from db.engine import init_store
 from pipeline.settings import Settings
+
 # Session fixtures of the student tests, registered here once so every module shares one
 # tiny base and one memorised student.
 from tests.conftest_student import cifar20_snapshot, memorised_student, tiny_phi3  # noqa: F401

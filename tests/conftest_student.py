@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.snapshot import SnapshotRecord, write_snapshot
+from pipeline.data.snapshot import SnapshotRecord, write_snapshot
 from pipeline.student.config import StudentConfig, TrainConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,7 +39,7 @@ def cifar20_records() -> list[SnapshotRecord]:
 
 @pytest.fixture(scope="session")
 def tiny_phi3(tmp_path_factory) -> Path:
-    from pipeline.student.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
+    from pipeline.tiny import build_tiny_phi3, find_phi3_tokenizer_dir
 
     return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"), tokenizer_dir=find_phi3_tokenizer_dir(),
                            init_std=0.1)

@@ -7,11 +7,10 @@ from pathlib import Path
 from db.engine import session_scope
 from db.models import ReviewAction
 from db.review import decide, load_item
-from pipeline.export import export_snapshot
+from pipeline.data.export import export_snapshot
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
-from pipeline.student.tiny import build_tiny_phi3
-from pipeline.tiny import build_tiny_teacher
+from pipeline.tiny import build_tiny_phi3, build_tiny_teacher
 from tests.app_store import engine_for, fill_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,9 +9,10 @@ from db.engine import session_scope
 from db.jobs import list_jobs
 from db.models import JobKind, JobStatus, Review, ReviewAction, ReviewState
 from db.review import events_for_image
-from pipeline.compare import load_results, score_pair, send_back
 from pipeline.jobs import wait_for_job
+from pipeline.services.compare import load_results, send_back
 from pipeline.settings import Settings
+from pipeline.student.compare import score_pair
 from tests.app_store import app_for, engine_for
 from tests.playground_models import approved_caption, store_with_snapshot, tiny_base, train_tiny_student
 

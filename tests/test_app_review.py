@@ -12,7 +12,7 @@ from db.engine import session_scope
 from db.errors import ClaimedError
 from db.models import Image, RejectReason, Review, ReviewAction, ReviewEvent, ReviewState
 from db.review import MAX_CAPTION_CHARS, decide
-from pipeline.studio import upscale_png
+from pipeline.data.images import upscale_png
 from tests.app_store import app_for, engine_for, fill_store
 
 REVIEW = "app_pages/review.py"

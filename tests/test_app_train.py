@@ -13,7 +13,7 @@ from db.engine import session_scope
 from db.jobs import get_job, list_jobs
 from db.lineage import get_snapshot_row, list_students
 from db.models import JobKind, JobStatus
-from pipeline.export import export_snapshot
+from pipeline.data.export import export_snapshot
 from pipeline.settings import Settings
 from tests.app_store import app_for, engine_for
 from tests.playground_models import store_with_snapshot, tiny_base, train_tiny_student

@@ -3,14 +3,17 @@ uploaded, the tiny teacher and the tiny trained student caption it, and both cap
 approved caption and the timings appear; a screenshot is saved under test-output/."""
 from __future__ import annotations
 
-
 import pytest
 
 from tests.app_store import BUNDLED, REPO
-from tests.playground_models import (
-    approved_caption, store_with_snapshot, tiny_base, tiny_teacher, train_tiny_student,
-)
 from tests.browser import CHROMIUM, LAUNCH_ARGS, needs_chromium, settle, streamlit_server
+from tests.playground_models import (
+    approved_caption,
+    store_with_snapshot,
+    tiny_base,
+    tiny_teacher,
+    train_tiny_student,
+)
 
 OUT = REPO / "test-output" / "test_browser_playground"
 

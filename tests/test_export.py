@@ -19,12 +19,17 @@ from db.lineage import list_snapshot_rows, register_student
 from db.models import JobKind, JobStatus, RejectReason, ReviewAction
 from db.review import decide, load_item
 from pipeline.cli import app
-from pipeline.export import (
-    BalanceError, ExportError, export_snapshot, list_exports, sweep_stale_temps, zip_snapshot,
+from pipeline.data.export import (
+    BalanceError,
+    ExportError,
+    export_snapshot,
+    list_exports,
+    sweep_stale_temps,
+    zip_snapshot,
 )
+from pipeline.data.snapshot import list_snapshots, read_snapshot
 from pipeline.jobs import launch_job, wait_for_job
 from pipeline.settings import Settings
-from pipeline.snapshot import list_snapshots, read_snapshot
 from tests.conftest import REPO, seed_images
 
 
@@ -174,7 +179,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from db.engine import make_engine
-    from pipeline.export import export_snapshot
+    from pipeline.data.export import export_snapshot
     from pipeline.settings import Settings
     real, n = Path.write_bytes, [0]
     def write(self, data):

@@ -10,7 +10,7 @@ from db.catalog import add_draft, add_image
 from db.engine import session_scope
 from db.models import SourceKind
 from db.review import QueueOrder, claim_next
-from pipeline.flags import FLAG_LABELS, Flag, compute_flags, flag_label, flags_for_draft
+from pipeline.teacher.flags import FLAG_LABELS, Flag, compute_flags, flag_label, flags_for_draft
 from tests.conftest import BUNDLED
 
 GOOD = "A small brown dog running across a grassy field."

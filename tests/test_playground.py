@@ -11,16 +11,25 @@ from PIL import Image
 from db.engine import session_scope
 from db.lineage import list_students
 from db.models import ReviewState
-from pipeline.playground import (
-    ModelKind, ModelUnavailable, list_models, open_playground, open_student, open_teacher,
+from pipeline.services.playground import (
+    ModelKind,
+    ModelUnavailable,
+    list_models,
+    open_playground,
+    open_student,
+    open_teacher,
 )
-from pipeline.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
+from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
 from pipeline.settings import Settings
 from pipeline.student.generate import generate_captions
-from pipeline.teacher import caption_one
+from pipeline.teacher.model import caption_one
 from tests.app_store import BUNDLED, engine_for
 from tests.playground_models import (
-    approved_caption, store_with_snapshot, tiny_base, tiny_teacher, train_tiny_student,
+    approved_caption,
+    store_with_snapshot,
+    tiny_base,
+    tiny_teacher,
+    train_tiny_student,
 )
 
 GREEDY = PlaygroundParams(max_new_tokens=8, repetition_penalty=1.0)

@@ -12,7 +12,11 @@ from PIL import Image
 
 from tests.app_store import BUNDLED, app_for
 from tests.playground_models import (
-    approved_caption, store_with_snapshot, tiny_base, tiny_teacher, train_tiny_student,
+    approved_caption,
+    store_with_snapshot,
+    tiny_base,
+    tiny_teacher,
+    train_tiny_student,
 )
 
 PAGE = "app_pages/playground.py"

@@ -10,12 +10,23 @@ import pytest
 from db.catalog import add_draft, add_image
 from db.engine import session_scope
 from db.errors import (
-    ClaimedError, InvalidActionError, InvalidCaptionError, NothingToUndoError, StaleWriteError,
+    ClaimedError,
+    InvalidActionError,
+    InvalidCaptionError,
+    NothingToUndoError,
+    StaleWriteError,
 )
 from db.models import RejectReason, Review, ReviewAction, ReviewState, SourceKind, utcnow
 from db.review import (
-    CLAIM_TTL, MAX_CAPTION_CHARS, claim_next, counts_by_class, decide, events_for_image, load_item,
-    release_claims, undo_last,
+    CLAIM_TTL,
+    MAX_CAPTION_CHARS,
+    claim_next,
+    counts_by_class,
+    decide,
+    events_for_image,
+    load_item,
+    release_claims,
+    undo_last,
 )
 from tests.conftest import BUNDLED, seed_images
 

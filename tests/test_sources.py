@@ -12,7 +12,7 @@ from sqlmodel import select
 from db.catalog import count_images
 from db.engine import session_scope
 from db.models import Image, Review, ReviewState, SourceKind
-from pipeline.sources import ImportSource, SourceError, import_images
+from pipeline.data.sources import ImportSource, SourceError, import_images
 from tests.conftest import BUNDLED
 
 

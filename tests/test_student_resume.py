@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.snapshot import write_snapshot
+from pipeline.data.snapshot import write_snapshot
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.student.train import train
 from tests.conftest_student import TINY_STUDENT, cifar20_records
@@ -29,7 +29,7 @@ def small_snapshot(tmp_path_factory) -> Path:
 
 def _cli(snapshot: Path, out: Path, base: Path) -> list[str]:
     s = TINY_STUDENT
-    return [sys.executable, "-m", "pipeline.student.commands", "train", "--snapshot", str(snapshot),
+    return [sys.executable, "-m", "pipeline.cli.student", "train", "--snapshot", str(snapshot),
             "--out", str(out), "--base-model", str(base), "--lora-r", str(s["lora_r"]),
             "--lora-alpha", str(s["lora_alpha"]), "--lora-dropout", str(s["lora_dropout"]),
             "--projector-hidden", str(s["projector_hidden"]), "--max-steps", str(TC.max_steps),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pipeline.student.commands import build_app
-from pipeline.student.generate import generate_captions, stream_caption
+from pipeline.cli.student import build_app
 from pipeline.student.config import GenerationConfig
+from pipeline.student.generate import generate_captions, stream_caption
 from pipeline.student.loader import load_student
 from pipeline.student.model import blank_image
 from tests.conftest_student import cifar20_records

@@ -10,10 +10,15 @@ from sqlmodel import select
 from db.catalog import add_draft, drafts_for_image, images_without_draft
 from db.engine import session_scope
 from db.models import Draft, Review
-from pipeline.captioning import CaptionRequest, run_captioning, write_drafts
-from pipeline.sources import ImportSource, import_images
-from pipeline.teacher import (
-    DEFAULT_PROMPT, GenerationParams, ModelLoadError, caption_images, chat_prompt, load_teacher,
+from pipeline.data.sources import ImportSource, import_images
+from pipeline.teacher.drafting import CaptionRequest, run_captioning, write_drafts
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    GenerationParams,
+    ModelLoadError,
+    caption_images,
+    chat_prompt,
+    load_teacher,
     processor_params_for,
 )
 from pipeline.tiny import build_tiny_teacher

@@ -5,9 +5,12 @@ import json
 
 from PIL import Image as PILImage
 
-from pipeline.teacher import GenerationParams, caption_one, load_teacher
+from pipeline.teacher.model import GenerationParams, caption_one, load_teacher
 from pipeline.tiny import (
-    build_tiny_student, build_tiny_teacher, find_smolvlm_processor_dir, is_tiny_model,
+    build_tiny_student,
+    build_tiny_teacher,
+    find_smolvlm_processor_dir,
+    is_tiny_model,
 )
 from tests.conftest import BUNDLED, REPO
 

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from pipeline.uploads import MAX_PIXELS, UploadError, load_upload, square_resize
+from pipeline.data.images import MAX_PIXELS, UploadError, load_upload, square_resize
 from tests.conftest import BUNDLED
 
 CAT = BUNDLED / "cat" / "cat_0000.png"

@@ -10,17 +10,17 @@ from db.catalog import drafts_for_image
 from db.engine import init_store, session_scope
 from db.models import Image, ReviewAction
 from db.review import claim_next, decide
-from pipeline.captioning import CaptionRequest, run_captioning
-from pipeline.export import export_snapshot
+from pipeline.data.export import export_snapshot
+from pipeline.data.snapshot import read_snapshot
+from pipeline.data.sources import ImportSource, import_images
+from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
-from pipeline.snapshot import read_snapshot
-from pipeline.sources import ImportSource, import_images
 from pipeline.student.config import TrainConfig
 from pipeline.student.evaluate import evaluate, evaluation_dir, items_from_snapshot
 from pipeline.student.loader import load_student
 from pipeline.student.train import train
-from pipeline.students import sync_students
-from pipeline.teacher import GenerationParams, load_teacher
+from pipeline.teacher.drafting import CaptionRequest, run_captioning
+from pipeline.teacher.model import GenerationParams, load_teacher
 from tests.app_store import app_for
 from tests.playground_models import tiny_base, tiny_student_config, tiny_teacher
 

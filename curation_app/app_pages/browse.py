@@ -6,9 +6,8 @@ import streamlit as st
 from curation_app.resources import get_engine
 from db.models import ReviewState
 from db.review import MAX_CAPTION_CHARS
-from pipeline.browse import BrowseFilters, browse_items
 from pipeline.classes import CLASSES
-from pipeline.studio import flag_choices
+from pipeline.services.browse import BrowseFilters, browse_items, flag_choices
 
 st.title("Browse")
 flags = flag_choices()

@@ -9,7 +9,7 @@ import streamlit as st
 
 from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
-from pipeline.compare import compare_view, load_results, send_back, start_compare
+from pipeline.services.compare import compare_view, load_results, send_back, start_compare
 
 settings, engine = get_settings(), get_engine()
 st.title("Batch compare")

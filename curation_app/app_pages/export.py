@@ -7,8 +7,7 @@ import streamlit as st
 
 from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
-from pipeline.export import zip_snapshot
-from pipeline.studio import export_view, run_export
+from pipeline.services.export import export_view, run_export, zip_snapshot
 
 settings, engine = get_settings(), get_engine()
 st.title("Export")

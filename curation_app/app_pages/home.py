@@ -5,7 +5,7 @@ import streamlit as st
 
 from curation_app.components import progress_panel
 from curation_app.resources import get_engine, get_settings
-from pipeline.studio import store_overview
+from pipeline.services.overview import store_overview
 
 settings = get_settings()
 overview = store_overview(get_engine(), target_per_class=settings.target_per_class)

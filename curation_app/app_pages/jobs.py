@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
-from pipeline.sources import ImportSource
-from pipeline.studio import cancel_job, job_table, start_caption_job
+from pipeline.data.sources import ImportSource
+from pipeline.services.jobs import cancel_job, job_table, start_caption_job
 
 settings, engine = get_settings(), get_engine()
 st.title("Jobs")

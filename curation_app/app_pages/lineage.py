@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
-from pipeline.students import delete_snapshot, lineage_view
+from pipeline.services.lineage import delete_snapshot, lineage_view
 
 settings, engine = get_settings(), get_engine()
 st.title("Lineage")

@@ -8,10 +8,14 @@ import streamlit as st
 
 from curation_app.components import diff_view, pixel_image
 from curation_app.resources import get_engine, get_settings
-from pipeline.playground import (
-    ModelUnavailable, no_student_message, open_playground, open_student, open_teacher,
+from pipeline.services.playground import (
+    ModelUnavailable,
+    no_student_message,
+    open_playground,
+    open_student,
+    open_teacher,
 )
-from pipeline.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
+from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
 
 settings, engine = get_settings(), get_engine()
 RESULT = "pg_result"

@@ -5,14 +5,19 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.components import (
-    current_reviewer, diff_view, flag_badges, guidelines_panel, pixel_image, progress_panel,
+    current_reviewer,
+    diff_view,
+    flag_badges,
+    guidelines_panel,
+    pixel_image,
+    progress_panel,
     reason_label,
 )
 from curation_app.resources import get_engine, get_settings
 from db.models import RejectReason, ReviewAction, ReviewState
 from db.review import QueueOrder
-from pipeline import studio
 from pipeline.classes import CLASSES
+from pipeline.services import review as studio
 
 ORDER_TEXT = {QueueOrder.balanced: "Classes furthest from target first",
               QueueOrder.risk: "Most auto-flags first", QueueOrder.oldest: "Oldest first"}

@@ -2,18 +2,23 @@
 its train/validation loss live, cancel and resume it, and read its evaluation report."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import altair as alt
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
 from db.models import JobStatus
-from pipeline.student.config import StudentConfig, TrainConfig
-from pipeline.training_jobs import (
-    ablation_table, cancel_training, per_class_table, resume_training, start_training, train_page,
+from pipeline.services.train import (
+    ablation_table,
+    cancel_training,
+    per_class_table,
+    resume_training,
+    start_training,
+    train_page,
     training_runs,
 )
+from pipeline.student.config import StudentConfig, TrainConfig
 
 settings, engine = get_settings(), get_engine()
 st.title("Train")
@@ -30,7 +35,7 @@ else:
     with st.form("train_form"):
         c1, c2 = st.columns([2, 1])
         snapshot = c1.selectbox("Snapshot", page.snapshots, key="tr_snapshot")
-        st.session_state.setdefault("tr_name", f"student-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        st.session_state.setdefault("tr_name", f"student-{datetime.now(UTC):%Y%m%d-%H%M%S}")
         name = c2.text_input("Student name", key="tr_name")
         base = st.text_input("Base model (hub id or folder)", sd.base_model, key="tr_base")
         a = st.columns(5)

@@ -13,8 +13,8 @@ paths; bench/student.py measures both loops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -222,8 +222,11 @@ class LeanDecoder:
 def logits_processors(gc: GenerationConfig):
     """The processors `generate()` would build from these settings, in its order."""
     from transformers import (
-        LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-        TopKLogitsWarper, TopPLogitsWarper,
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )
 
     procs = LogitsProcessorList()

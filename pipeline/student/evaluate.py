@@ -13,20 +13,20 @@ import json
 import random
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
 from pipeline.classes import CLASSES, mentions_class
+from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.student.config import GenerationConfig
 from pipeline.student.generate import generate_captions
 from pipeline.student.model import Student, blank_image
 
 CONDITIONS = ("real", "blank", "shuffled")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 LABEL_CAPTION = "a photo of a {label}."
 
 
@@ -39,7 +39,7 @@ class EvalItem:
 
 
 def items_from_snapshot(snapshot_dir: Path, *, split: str = "validation") -> list[EvalItem]:
-    from pipeline.snapshot import read_snapshot
+    from pipeline.data.snapshot import read_snapshot
 
     snap = read_snapshot(Path(snapshot_dir))
     recs = getattr(snap, split)
@@ -131,7 +131,7 @@ def evaluate(
         raise ValueError("nothing to evaluate")
     total, done = len(items) * len(conditions), 0
     result = {"source": source, "n_items": len(items), "generation": asdict(generation),
-              "seed": seed, "created_at": datetime.now(timezone.utc).isoformat(), "conditions": {}}
+              "seed": seed, "created_at": datetime.now(UTC).isoformat(), "conditions": {}}
     predictions: dict[str, list[str]] = {}
     refs, labels = [it.references for it in items], [it.label for it in items]
     for cond in conditions:
@@ -156,5 +156,5 @@ def evaluate(
 
 
 def evaluation_dir(student_dir: Path, name: str | None = None) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path(student_dir) / "evaluations" / (name or f"eval-{stamp}")

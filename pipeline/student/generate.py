@@ -7,7 +7,7 @@ benchmarked against.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from PIL import Image

@@ -11,14 +11,14 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from pipeline.snapshot import SnapshotRecord, read_snapshot
+from pipeline.data.snapshot import SnapshotRecord, read_snapshot
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.student.loader import build_student, resolve_device, save_student

@@ -6,8 +6,8 @@ writes the missing drafts only. Entry point: `python -m pipeline caption --help`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -15,10 +15,15 @@ from sqlmodel import Session, select
 from db.catalog import add_draft, get_images, images_without_draft
 from db.engine import session_scope
 from db.models import Image
-from pipeline.flags import flags_for_draft
-from pipeline.sources import load_png
-from pipeline.teacher import (
-    DEFAULT_PROMPT, GenerationParams, Teacher, generate_batch, processor_params_for, provenance,
+from pipeline.data.images import load_png
+from pipeline.teacher.flags import flags_for_draft
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    GenerationParams,
+    Teacher,
+    generate_batch,
+    processor_params_for,
+    provenance,
 )
 
 

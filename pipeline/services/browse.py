@@ -1,4 +1,5 @@
-"""Service behind the Browse page: every item with a thumbnail, filtered, plus per-class rates."""
+"""Service behind the Browse page: every item with a thumbnail, filtered, plus per-class rates
+(`flag_choices` is re-exported for the flag filter)."""
 from __future__ import annotations
 
 import base64
@@ -10,8 +11,10 @@ from sqlmodel import Session, select
 
 from db.engine import session_scope
 from db.models import Draft, Image, Review, ReviewState
-from pipeline.flags import flag_label
-from pipeline.studio import upscale_png
+from pipeline.data.images import upscale_png
+from pipeline.teacher.flags import flag_choices, flag_label
+
+__all__ = ["BrowseFilters", "BrowseView", "browse_items", "flag_choices"]
 
 
 @dataclass(frozen=True)

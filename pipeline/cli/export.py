@@ -9,7 +9,7 @@ import json
 import typer
 
 from db.engine import init_store
-from pipeline.export import BalanceError, ExportError, export_snapshot
+from pipeline.data.export import BalanceError, ExportError, export_snapshot
 from pipeline.jobs import JobReporter
 from pipeline.settings import Settings
 

@@ -1,11 +1,13 @@
-"""Safe decoding of an uploaded image: bytes in, an RGB PIL image out, or an UploadError that
-says in plain words what is wrong (empty, not an image, truncated, too large to decode safely).
+"""Images in one place: safe decoding of uploaded bytes (an UploadError that says in plain words what is
+wrong: empty, not an image, truncated, too large to decode safely), the one RGB conversion, PNG bytes in
+and out, the pixel hash that identifies an image, and the file suffixes we read.
 
 Any format Pillow reads is accepted (PNG, JPEG, WebP, GIF: first frame, BMP, TIFF); greyscale,
 palette, CMYK and 16-bit images become RGB, and transparency is composited on white.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 
@@ -17,6 +19,8 @@ MAX_PIXELS = 25_000_000
 """Refuse images above 25 megapixels (well below Pillow's own bomb limit of ~89 MP): a
 decompression bomb is a small file that decodes to gigabytes."""
 WHITE = (255, 255, 255)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""File suffixes read as images by folder imports and evaluation."""
 
 
 class UploadError(ValueError):
@@ -91,3 +95,31 @@ def square_resize(image: Image.Image, size: int) -> Image.Image:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return image
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels (and size): the same picture from two sources is one image."""
+    rgb = image.convert("RGB")
+    h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+def to_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_png(png: bytes) -> Image.Image:
+    """Decode stored PNG bytes to an RGB PIL image."""
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB")
+
+
+def upscale_png(png: bytes, *, size: int) -> bytes:
+    """The image enlarged to `size` pixels with nearest-neighbour, so every pixel stays crisp."""
+    img = load_png(png)
+    buf = io.BytesIO()
+    img.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()

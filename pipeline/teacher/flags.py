@@ -8,8 +8,8 @@ from __future__ import annotations
 import enum
 import re
 from collections import Counter
+from collections.abc import Iterable
 from difflib import SequenceMatcher
-from typing import Iterable
 
 from sqlmodel import Session, select
 
@@ -148,3 +148,8 @@ def flag_label(value: str) -> str:
         return FLAG_LABELS[Flag(value)]
     except ValueError:
         return value
+
+
+def flag_choices() -> dict[str, str]:
+    """Flag value -> human label, for filters and badges."""
+    return {f.value: text for f, text in FLAG_LABELS.items()}

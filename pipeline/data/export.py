@@ -25,7 +25,7 @@ from db.models import Draft, Image, Review, ReviewState
 from pipeline import __version__
 from pipeline.classes import CLASSES
 from pipeline.settings import Settings
-from pipeline.snapshot import SnapshotRecord, content_hash, list_snapshots, write_snapshot
+from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, write_snapshot
 
 STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a crashed export
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same snapshot zips to the same bytes

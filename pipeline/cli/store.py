@@ -1,6 +1,6 @@
 """CLI commands for filling the store: build-tiny, import, caption, status.
 
-Run `python -m pipeline import --help` (and so on); registered in pipeline/cli.py.
+Run `python -m pipeline import --help` (and so on); registered in pipeline/cli/__init__.py.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tqdm import tqdm
 from db.engine import init_store, session_scope
 from db.models import Draft, Image, ReviewState
 from db.review import counts_by_class
+from pipeline.data.sources import ImportSource, SourceError, Split, import_images
 from pipeline.settings import Settings
-from pipeline.sources import ImportSource, SourceError, Split, import_images
 
 
 def open_store(settings: Settings):  # noqa: ANN201
@@ -112,8 +112,8 @@ def caption(
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
 ) -> None:
     """Draft captions with the teacher for images that have none; resumable after any crash."""
-    from pipeline.captioning import CaptionRequest
-    from pipeline.teacher import DEFAULT_PROMPT, GenerationParams, TeacherError
+    from pipeline.teacher.drafting import CaptionRequest
+    from pipeline.teacher.model import DEFAULT_PROMPT, GenerationParams, TeacherError
 
     settings = Settings()
     if threads is not None:
@@ -147,9 +147,9 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
     """Load the teacher and caption, with a tqdm bar here and progress in the job row.
 
     Returns the CaptionSummary, or None when the job was cancelled (finished batches are kept)."""
-    from pipeline.captioning import run_captioning
     from pipeline.jobs import JobReporter
-    from pipeline.teacher import load_teacher
+    from pipeline.teacher.drafting import run_captioning
+    from pipeline.teacher.model import load_teacher
 
     engine, summary = open_store(settings), None
     try:

@@ -6,8 +6,6 @@ sample; re-running it adds nothing, and unreadable files are counted instead of 
 from __future__ import annotations
 
 import enum
-import hashlib
-import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +18,9 @@ from sqlalchemy.engine import Engine
 from db.catalog import add_image
 from db.engine import session_scope
 from db.models import SourceKind
+from pipeline.data.images import IMAGE_SUFFIXES, pixel_hash, to_png
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "assets" / "cifar10"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "cifar10"
 
 
 class Split(str, enum.Enum):
@@ -70,20 +68,6 @@ class ImportSummary:
     def as_dict(self) -> dict:
         return {"added": self.added, "existing": self.existing, "corrupt": self.corrupt,
                 "per_class": dict(self.per_class), "corrupt_keys": list(self.corrupt_keys)}
-
-
-def pixel_hash(image: PILImage.Image) -> str:
-    """sha256 of the decoded RGB pixels (and size): the same picture from two sources is one image."""
-    rgb = image.convert("RGB")
-    h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    h.update(rgb.tobytes())
-    return h.hexdigest()
-
-
-def to_png(image: PILImage.Image) -> bytes:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _open_file(path: Path) -> Callable[[], PILImage.Image]:
@@ -181,9 +165,3 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int, see
         if on_progress is not None:
             on_progress(done, len(groups))
     return summary
-
-
-def load_png(png: bytes) -> PILImage.Image:
-    """Decode stored PNG bytes to an RGB PIL image."""
-    with PILImage.open(io.BytesIO(png)) as im:
-        return im.convert("RGB")

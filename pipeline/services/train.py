@@ -20,8 +20,8 @@ from db.jobs import active_jobs, get_job, list_jobs, request_cancel
 from db.lineage import get_snapshot_row
 from db.models import Job, JobKind, JobStatus
 from pipeline.jobs import launch_job
+from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
-from pipeline.students import read_json, read_report, sync_students
 from pipeline.student.config import StudentConfig, TrainConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -74,7 +74,7 @@ def train_argv(*, snapshot_dir: Path, out_dir: Path, student: StudentConfig, tra
     """`python -m pipeline train` arguments: every config field the command takes as an option."""
     import inspect
 
-    from pipeline.student.commands import train_command
+    from pipeline.cli.student import train_command
 
     accepted = set(inspect.signature(train_command).parameters)
     argv = ["train", "--snapshot", str(snapshot_dir), "--out", str(out_dir)]

@@ -4,16 +4,21 @@ time of the teacher and of a student on one image, and the teacher's view of tha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from threading import Thread
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image as PILImage
 
 from pipeline.student.config import GenerationConfig
-from pipeline.teacher import (
-    DEFAULT_PROMPT, DTYPES, GenerationParams, Teacher, chat_prompt, processor_params_for,
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    DTYPES,
+    GenerationParams,
+    Teacher,
+    chat_prompt,
+    processor_params_for,
 )
 
 
@@ -40,7 +45,7 @@ class PlaygroundParams:
                                 temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                 repetition_penalty=self.repetition_penalty, seed=self.seed)
 
-    def for_teacher(self) -> "_TeacherParams":
+    def for_teacher(self) -> _TeacherParams:
         return _TeacherParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                               temperature=self.temperature, top_p=self.top_p,
                               repetition_penalty=self.repetition_penalty, seed=self.seed, top_k=self.top_k)

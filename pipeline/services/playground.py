@@ -1,5 +1,5 @@
 """Services behind the playground: the models on offer, the input as each model sees it, and
-the store's approved caption for an image (streamed captions with timings: pipeline/streaming.py).
+the store's approved caption for an image (streamed captions with timings: pipeline/services/playground.py).
 
 Models are opened by `open_teacher` / `open_student` (the app wraps each in st.cache_resource);
 a model that cannot be opened raises ModelUnavailable with the next step to take.
@@ -17,13 +17,13 @@ from sqlalchemy.engine import Engine
 from db.catalog import find_image_by_hash
 from db.engine import session_scope
 from db.models import Review, ReviewState
+from pipeline.data.images import load_upload, pixel_hash, square_resize, to_png
+from pipeline.data.sources import BUNDLED_DIR
+from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
-from pipeline.sources import pixel_hash, to_png
-from pipeline.students import sync_students
-from pipeline.teacher import Teacher
-from pipeline.uploads import load_upload, square_resize
+from pipeline.teacher.model import Teacher
 
-BUNDLED = Path(__file__).resolve().parent / "assets" / "cifar10"
+BUNDLED = BUNDLED_DIR
 STUDENT_EDGE = 32
 TRAIN_HINT = "train one on the Train page (or `python -m pipeline train ...`)"
 
@@ -147,7 +147,7 @@ def list_models(settings: Settings, engine: Engine) -> list[ModelOption]:
 
 
 def open_teacher(model: str, *, device: str = "auto") -> Teacher:
-    from pipeline.teacher import TeacherError, load_teacher
+    from pipeline.teacher.model import TeacherError, load_teacher
 
     try:
         return load_teacher(model, device=device)
@@ -198,7 +198,7 @@ class PlaygroundView:
 def open_playground(settings: Settings, engine: Engine, *, data: bytes | None = None,
                     name: str = "upload", example: str | None = None) -> PlaygroundView:
     """The gallery, the models on offer, and the chosen input (or why it cannot be used)."""
-    from pipeline.uploads import UploadError
+    from pipeline.data.images import UploadError
 
     models = list_models(settings, engine)
     examples = bundled_examples(per_class=2)

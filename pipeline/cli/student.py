@@ -1,11 +1,11 @@
-"""Typer commands `train` and `evaluate` (registered by pipeline/cli.py as `python -m pipeline ...`).
+"""Typer commands `train` and `evaluate` (registered by pipeline/cli/__init__.py as `python -m pipeline ...`).
 
-Standalone for tests and debugging: `python -m pipeline.student.commands train --help`.
+Standalone for tests and debugging: `python -m pipeline.cli.student train --help`.
 """
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -48,8 +48,8 @@ def train_command(
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
 ) -> None:
     """Train a student (QLoRA + patch projector) on an export snapshot; resumes if interrupted."""
+    from pipeline.data.snapshot import read_snapshot
     from pipeline.settings import Settings
-    from pipeline.snapshot import read_snapshot
     from pipeline.student.train import train
 
     settings = Settings()
@@ -63,7 +63,7 @@ def train_command(
                      checkpoint_every=checkpoint_every, eval_every=eval_every, augment=augment, gradient_checkpointing=gradient_checkpointing,
                      dtype=dtype, seed=seed)
     if out is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = settings.students_dir / f"student-{read_snapshot(snapshot).snapshot_id}-{stamp}"
     with JobReporter(settings, job_id) as job:
         def report(step: int, total: int, row: dict) -> None:

@@ -1,0 +1,1 @@
+"""Images and datasets: image sources and import, decoding, export snapshots on disk."""

@@ -18,14 +18,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from db.engine import init_store, session_scope
 from db.models import Draft, Image, Review, ReviewAction, ReviewState, SourceKind
 from db.review import QueueOrder, claim_next, decide
 from pipeline.classes import CLASSES
 from pipeline.teacher.flags import Flag, compute_flags
 
+REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "pipeline" / "assets" / "cifar10"
 REVIEW_PAGE = REPO / "curation_app" / "app_pages" / "review.py"
 TEMPLATES = (  # what drafts look like: mostly fine, some with the usual teacher faults

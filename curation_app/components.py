@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import RejectReason
-from pipeline.services.guidelines import load_guidelines, save_guidelines
+from pipeline.services.guidelines import read_guidelines, write_guidelines
 from pipeline.services.overview import Progress
 from pipeline.services.review import REJECT_REASON_TEXT, DiffOp, flag_choices, upscale_png, word_diff
 from pipeline.settings import Settings
@@ -70,7 +70,7 @@ def progress_panel(progress: Progress, *, per_class: bool = True) -> None:
 def guidelines_panel(settings: Settings) -> None:
     """The reviewing guidelines (editable, saved to the guidelines file) and the reject reasons."""
     with st.expander("Guidelines and reject reasons", icon=":material/menu_book:"):
-        text = load_guidelines(settings)
+        text = read_guidelines(settings)
         st.markdown(text)  # the team's own guidelines: trusted Markdown, never a caption
         st.markdown("**Reject reasons**")
         for reason in RejectReason:
@@ -78,7 +78,7 @@ def guidelines_panel(settings: Settings) -> None:
         with st.popover("Edit guidelines"):
             new = st.text_area("Guidelines (Markdown)", value=text, height=240, key="guidelines_text")
             if st.button("Save guidelines", key="guidelines_save"):
-                path = save_guidelines(settings, text=new)
+                path = write_guidelines(settings, text=new)
                 st.success(f"Saved to {path}")
 
 

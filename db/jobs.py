@@ -27,7 +27,7 @@ def get_job(session: Session, *, job_id: int) -> Job:
     return job
 
 
-def start_job(session: Session, *, job_id: int, pid: int | None = None, total: int = 0) -> Job:
+def mark_job_running(session: Session, *, job_id: int, pid: int | None = None, total: int = 0) -> Job:
     job = get_job(session, job_id=job_id)
     job.status, job.started_at, job.pid = JobStatus.running, job.started_at or utcnow(), pid
     job.total = total or job.total

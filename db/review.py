@@ -95,7 +95,7 @@ def claim_next(
     review.claimed_by, review.claim_expires_at = reviewer, now + ttl
     session.add(review)
     session.flush()
-    return load_item(session, image_id=review.image_id)
+    return get_item(session, image_id=review.image_id)
 
 
 def _free(now: datetime):  # noqa: ANN202
@@ -181,7 +181,7 @@ def counts_by_class(session: Session) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def load_item(session: Session, *, image_id: int) -> ReviewItem:
+def get_item(session: Session, *, image_id: int) -> ReviewItem:
     review = session.get(Review, image_id)
     if review is None:
         raise InvalidActionError(f"No item with image id {image_id}.")
@@ -333,4 +333,4 @@ def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime 
     review.claimed_by, review.claim_expires_at = reviewer, now + ttl
     session.add(review)
     session.flush()
-    return load_item(session, image_id=image_id)
+    return get_item(session, image_id=image_id)

@@ -1,6 +1,6 @@
 """Running long work as jobs: start a CLI process for a job row, and report progress into it.
 
-The app calls `launch_job(...)`: it creates the row and starts `python -m pipeline <command>
+The app calls `start_job(...)`: it creates the row and starts `python -m pipeline <command>
 ... --job-id N` in its own process, logging to data/jobs/<N>.log. The command wraps its work in
 `JobReporter(settings, job_id)`, which writes progress, honours cancel requests, and records
 how the job ended. A browser refresh loses nothing: everything lives in the row.
@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from db.engine import make_engine, session_scope
-from db.jobs import cancel_requested, create_job, finish_job, start_job, update_progress
+from db.jobs import cancel_requested, create_job, finish_job, mark_job_running, update_progress
 from db.models import JobKind, JobStatus
 from pipeline.settings import Settings
 
@@ -26,7 +26,7 @@ class JobCancelled(Exception):
     """Raised inside the work when the job's cancel was requested."""
 
 
-def launch_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dict) -> int:
+def start_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dict) -> int:
     """Create a job row and start `python -m pipeline <argv> --job-id N` detached; returns N."""
     engine = make_engine(settings.resolved_database_url)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def launch_job(settings: Settings, *, kind: JobKind, argv: list[str], params: di
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     with session_scope(engine) as s:
-        start_job(s, job_id=job_id, pid=proc.pid)
+        mark_job_running(s, job_id=job_id, pid=proc.pid)
     engine.dispose()
     return job_id
 
@@ -68,7 +68,7 @@ class JobReporter:
     def __enter__(self) -> JobReporter:
         if self._engine is not None:
             with session_scope(self._engine) as s:
-                start_job(s, job_id=self.job_id, pid=os.getpid())
+                mark_job_running(s, job_id=self.job_id, pid=os.getpid())
         return self
 
     def progress(self, done: int, total: int | None = None, message: str | None = None, *,
@@ -108,20 +108,49 @@ class JobReporter:
         return exc_type is not None and issubclass(exc_type, JobCancelled)
 
 
-def wait_for_job(settings: Settings, job_id: int, *, timeout_s: float = 300, poll_s: float = 0.5):  # noqa: ANN201
-    """Block until the job ends (for tests and scripts); returns the final row."""
+def process_alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs on this machine (an exited child lingers as a zombie: not alive)."""
+    if not pid:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+def log_tail(job, n_chars: int = 3000) -> str:  # noqa: ANN001 - a db.models.Job row
+    path = Path(job.log_path) if job.log_path else None
+    return path.read_text(errors="replace")[-n_chars:] if path and path.is_file() else ""
+
+
+def wait_for_job(settings: Settings, job_id: int, *, timeout_s: float = 300, poll_s: float = 0.3,
+                 gone_grace_s: float = 5.0):  # noqa: ANN201 - the final db.models.Job row
+    """Block until the job ends (for tests and scripts); returns the final row.
+
+    Raises TimeoutError after `timeout_s`, and RuntimeError (with the log's tail) when the job's
+    process has been gone for `gone_grace_s` while its row still says queued/running.
+    """
     from db.jobs import get_job
 
     engine = make_engine(settings.resolved_database_url)
-    deadline = time.monotonic() + timeout_s
+    deadline, gone_since = time.monotonic() + timeout_s, None
     try:
         while True:
             with session_scope(engine) as s:
                 job = get_job(s, job_id=job_id)
             if job.status not in (JobStatus.queued, JobStatus.running):
                 return job
+            if job.pid and not process_alive(job.pid):
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > gone_grace_s:
+                    raise RuntimeError(f"job {job_id} ({job.kind.value}) exited but its row still says "
+                                       f"{job.status.value}\n{log_tail(job)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s}s")
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s}s\n{log_tail(job)}")
             time.sleep(poll_s)
     finally:
         engine.dispose()

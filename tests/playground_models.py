@@ -6,7 +6,7 @@ from pathlib import Path
 
 from db.engine import session_scope
 from db.models import ReviewAction
-from db.review import decide, load_item
+from db.review import decide, get_item
 from pipeline.data.export import export_snapshot
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
@@ -36,7 +36,7 @@ def approve_all(engine, ids: dict[str, list[int]], *, reviewer: str = "ann") -> 
     with session_scope(engine) as s:
         for label, image_ids in ids.items():
             for n, image_id in enumerate(image_ids):
-                item = load_item(s, image_id=image_id)
+                item = get_item(s, image_id=image_id)
                 decide(s, image_id=image_id, reviewer=reviewer, action=ReviewAction.edit_approve,
                        expected_version=item.version, caption=approved_caption(label, n))
 

@@ -10,7 +10,7 @@ from db.jobs import list_jobs
 from db.models import JobKind, JobStatus, Review, ReviewAction, ReviewState
 from db.review import events_for_image
 from pipeline.jobs import wait_for_job
-from pipeline.services.compare import load_results, send_back
+from pipeline.services.compare import read_results, send_back
 from pipeline.settings import Settings
 from pipeline.student.compare import score_pair
 from tests.app_store import app_for, engine_for
@@ -56,7 +56,7 @@ def test_compare_job_fills_a_sortable_table_and_sends_items_back(world, monkeypa
 
     at.run()
     assert not at.exception, at.exception
-    table = load_results(at.selectbox(key="cmp_results").value)
+    table = read_results(at.selectbox(key="cmp_results").value)
     assert len(table) == job.result["n_items"] == 3  # one validation item per class
     assert list(table.disagreement) == sorted(table.disagreement, reverse=True)
     by_item = {int(r.item_id): r for r in table.itertuples()}

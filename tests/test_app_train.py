@@ -14,6 +14,7 @@ from db.jobs import get_job, list_jobs
 from db.lineage import get_snapshot_row, list_students
 from db.models import JobKind, JobStatus
 from pipeline.data.export import export_snapshot
+from pipeline.jobs import log_tail, process_alive, wait_for_job
 from pipeline.settings import Settings
 from tests.app_store import app_for, engine_for
 from tests.playground_models import store_with_snapshot, tiny_base, train_tiny_student
@@ -91,34 +92,10 @@ def _jobs(world, kind):
     return jobs
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether the job's process still runs (an exited child of ours lingers as a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, TypeError):
-        return False
-
-
 def _wait(world, job_id, timeout_s=180):
-    """Wait for the job row to end; fail fast if its process exited without finishing the row."""
-    engine = engine_for(world["data"])
-    deadline, gone_since = time.monotonic() + timeout_s, None
-    try:
-        while True:
-            with session_scope(engine) as s:
-                job = get_job(s, job_id=job_id)
-            log = open(job.log_path).read()[-3000:] if job.log_path and Path(job.log_path).exists() else ""
-            if job.status not in (JobStatus.queued, JobStatus.running):
-                return job, log
-            if not _alive(job.pid):
-                gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 5:
-                    pytest.fail(f"job {job_id} ({job.kind.value}) exited but its row still says "
-                                f"{job.status.value}: the command must report through JobReporter.\n{log}")
-            assert time.monotonic() < deadline, f"job {job_id} still {job.status.value}\n{log}"
-            time.sleep(0.3)
-    finally:
-        engine.dispose()
+    """Wait for the job row to end; fails fast if its process exited without finishing the row."""
+    job = wait_for_job(Settings(data_dir=world["data"], _env_file=None), job_id, timeout_s=timeout_s)
+    return job, log_tail(job)
 
 
 def test_a_training_job_is_cancelled_resumed_and_ends_with_an_evaluation_report(world, monkeypatch):
@@ -133,7 +110,7 @@ def test_a_training_job_is_cancelled_resumed_and_ends_with_an_evaluation_report(
     while True:  # let it take a few steps, then press Cancel
         with session_scope(engine) as s:
             row = get_job(s, job_id=first.id)
-        if (row.done >= 3 or row.status not in (JobStatus.queued, JobStatus.running) or not _alive(row.pid)
+        if (row.done >= 3 or row.status not in (JobStatus.queued, JobStatus.running) or not process_alive(row.pid)
                 or time.monotonic() > deadline):
             break
         time.sleep(0.2)

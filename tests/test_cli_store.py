@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from db.engine import make_engine, session_scope
 from db.models import Draft, JobKind, JobStatus
-from pipeline.jobs import launch_job, wait_for_job
+from pipeline.jobs import start_job, wait_for_job
 from pipeline.settings import Settings
 from tests.conftest import REPO
 
@@ -87,7 +87,7 @@ def test_import_caption_kill_resume_rerun_ends_with_exactly_100_drafts(tmp_path,
 def test_caption_as_a_job_reports_progress(tmp_path, tiny):
     settings = Settings(data_dir=tmp_path / "data", _env_file=None)
     cli(settings.data_dir, "import", "--n-per-class", "2")
-    job_id = launch_job(settings, kind=JobKind.caption, params={"teacher": str(tiny)},
+    job_id = start_job(settings, kind=JobKind.caption, params={"teacher": str(tiny)},
                         argv=[*CAPTION, "--teacher-model", str(tiny)])
     job = wait_for_job(settings, job_id, timeout_s=120)
     assert job.status == JobStatus.done, (settings.jobs_dir / f"{job_id}.log").read_text()

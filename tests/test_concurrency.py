@@ -12,7 +12,7 @@ from sqlmodel import select
 from db.engine import init_store, make_engine, session_scope
 from db.errors import StaleWriteError
 from db.models import RejectReason, Review, ReviewAction, ReviewEvent, ReviewState
-from db.review import claim_next, decide, load_item
+from db.review import claim_next, decide, get_item
 from pipeline.classes import CLASSES
 from tests.conftest import seed_images
 
@@ -83,8 +83,8 @@ def test_parallel_reviewers_decide_every_item_exactly_once(store_url):
 def test_second_decision_on_the_same_view_is_refused_and_the_first_kept(store_url):
     engine = make_engine(store_url)
     with session_scope(engine) as s:
-        ann_view = load_item(s, image_id=1)
-        bob_view = load_item(s, image_id=1)
+        ann_view = get_item(s, image_id=1)
+        bob_view = get_item(s, image_id=1)
     with session_scope(engine) as s:
         decide(s, image_id=1, reviewer="ann", action=ReviewAction.edit_approve,
                expected_version=ann_view.version, caption="An airliner at the gate.")

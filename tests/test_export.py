@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from db.engine import session_scope
 from db.lineage import list_snapshot_rows, register_student
 from db.models import JobKind, JobStatus, RejectReason, ReviewAction
-from db.review import decide, load_item
+from db.review import decide, get_item
 from pipeline.cli import app
 from pipeline.data.export import (
     BalanceError,
@@ -28,7 +28,7 @@ from pipeline.data.export import (
     zip_snapshot,
 )
 from pipeline.data.snapshot import list_snapshots, read_snapshot
-from pipeline.jobs import launch_job, wait_for_job
+from pipeline.jobs import start_job, wait_for_job
 from pipeline.settings import Settings
 from tests.conftest import REPO, seed_images
 
@@ -41,7 +41,7 @@ def seed(engine, labels: dict[str, int]) -> list[int]:
 
 def act(engine, image_id: int, action: ReviewAction, **kw) -> None:
     with session_scope(engine) as s:
-        version = load_item(s, image_id=image_id).version
+        version = get_item(s, image_id=image_id).version
         decide(s, image_id=image_id, reviewer=kw.pop("reviewer", "ann"), action=action,
                expected_version=version, **kw)
 
@@ -264,7 +264,7 @@ def test_cli_export_refuses_then_overrides(small, store, monkeypatch):
 
 def test_export_runs_as_a_job(small, store):
     approve_all(store, seed(store, {"cat": 2, "dog": 2}))
-    job_id = launch_job(small, kind=JobKind.export, argv=["export", "--override-balance"], params={})
+    job_id = start_job(small, kind=JobKind.export, argv=["export", "--override-balance"], params={})
     job = wait_for_job(small, job_id, timeout_s=120)
     assert job.status == JobStatus.done, Path(job.log_path).read_text()
     assert job.result["n_items"] == 4

@@ -15,9 +15,9 @@ from pipeline.services.playground import (
     ModelKind,
     ModelUnavailable,
     list_models,
+    load_playground_student,
+    load_playground_teacher,
     open_playground,
-    open_student,
-    open_teacher,
 )
 from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
 from pipeline.settings import Settings
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     engine = engine_for(data)
     settings = Settings(data_dir=data, teacher_model=str(teacher_dir), _env_file=None)
     yield {"settings": settings, "engine": engine, "ids": ids, "snapshot_id": snapshot_id,
-           "teacher": open_teacher(str(teacher_dir)), "student": open_student(str(student_dir)),
+           "teacher": load_playground_teacher(str(teacher_dir)), "student": load_playground_student(str(student_dir)),
            "student_dir": student_dir}
     engine.dispose()
 
@@ -121,6 +121,6 @@ def test_models_list_the_teacher_and_the_student_with_its_snapshot(world):
 
 def test_models_that_cannot_load_give_the_next_step(tmp_path):
     with pytest.raises(ModelUnavailable, match="build-tiny"):
-        open_teacher(str(tmp_path / "no-such-teacher"))
+        load_playground_teacher(str(tmp_path / "no-such-teacher"))
     with pytest.raises(ModelUnavailable, match="Train page"):
-        open_student(str(tmp_path / "no-such-student"))
+        load_playground_student(str(tmp_path / "no-such-student"))

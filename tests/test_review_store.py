@@ -24,7 +24,7 @@ from db.review import (
     counts_by_class,
     decide,
     events_for_image,
-    load_item,
+    get_item,
     release_claims,
     undo_last,
 )
@@ -37,7 +37,7 @@ def seed(engine, labels: dict[str, int]) -> list[int]:
 
 def act(engine, image_id, action, reviewer="ann", **kw):
     with session_scope(engine) as s:
-        version = load_item(s, image_id=image_id).version
+        version = get_item(s, image_id=image_id).version
         return decide(s, image_id=image_id, reviewer=reviewer, action=action,
                       expected_version=version, **kw)
 
@@ -124,8 +124,8 @@ def test_undo_is_refused_after_someone_else_changed_the_item(store):
 def test_a_decision_on_a_stale_view_is_refused(store):
     (i,) = seed(store, {"horse": 1})
     with session_scope(store) as s:
-        seen_by_ann = load_item(s, image_id=i)
-        seen_by_bob = load_item(s, image_id=i)
+        seen_by_ann = get_item(s, image_id=i)
+        seen_by_bob = get_item(s, image_id=i)
     with session_scope(store) as s:
         decide(s, image_id=i, reviewer="ann", action=ReviewAction.approve, expected_version=seen_by_ann.version)
     with session_scope(store) as s, pytest.raises(StaleWriteError, match="changed since you opened it"):

@@ -7,7 +7,7 @@ from curation_app.resources import get_engine
 from db.models import ReviewState
 from db.review import MAX_CAPTION_CHARS
 from pipeline.classes import CLASSES
-from pipeline.services.browse import BrowseFilters, browse_items, flag_choices
+from pipeline.services.browse import BrowseFilters, browse_view, flag_choices
 
 st.title("Browse")
 flags = flag_choices()
@@ -25,7 +25,7 @@ with st.expander("Filters", expanded=True, icon=":material/filter_list:"):
 filters = BrowseFilters(labels=tuple(labels), states=tuple(states), reviewer=reviewer.strip() or None,
                         flag=flag, text=text.strip(), min_chars=lo,
                         max_chars=None if hi >= MAX_CAPTION_CHARS else hi)
-view = browse_items(get_engine(), filters=filters)
+view = browse_view(get_engine(), filters=filters)
 
 left, right = st.columns(2)
 with left:

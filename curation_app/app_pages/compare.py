@@ -9,7 +9,7 @@ import streamlit as st
 
 from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
-from pipeline.services.compare import compare_view, load_results, send_back, start_compare
+from pipeline.services.compare import compare_view, read_results, send_back, start_compare
 
 settings, engine = get_settings(), get_engine()
 st.title("Batch compare")
@@ -61,7 +61,7 @@ if not view.results:
 
 path = st.selectbox("Results", view.results, format_func=lambda p: Path(p).stem.replace("--", " · "),
                     key="cmp_results")
-table = load_results(path)
+table = read_results(path)
 st.caption(f"{len(table)} items · mean BLEU {table.bleu.mean():.1f} · mean ROUGE-L {table.rouge_l.mean():.3f} "
            f"· exact {table.exact.mean():.0%} · most disagreeing first (click a header to sort)")
 st.dataframe(table, hide_index=True, key="cmp_table", column_config={

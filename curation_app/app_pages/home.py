@@ -5,10 +5,10 @@ import streamlit as st
 
 from curation_app.components import progress_panel
 from curation_app.resources import get_engine, get_settings
-from pipeline.services.overview import store_overview
+from pipeline.services.overview import overview_view
 
 settings = get_settings()
-overview = store_overview(get_engine(), target_per_class=settings.target_per_class)
+overview = overview_view(get_engine(), target_per_class=settings.target_per_class)
 
 st.title("Caption studio")
 st.caption("Teacher drafts → human review → immutable snapshots → student training.")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
 from pipeline.data.sources import ImportSource
-from pipeline.services.jobs import cancel_job, job_table, start_caption_job
+from pipeline.services.jobs import cancel_job, jobs_view, start_caption_job
 
 settings, engine = get_settings(), get_engine()
 st.title("Jobs")
@@ -34,7 +34,7 @@ def _cancel(job_id: int) -> None:
 @st.fragment(run_every="2s")
 def live_jobs() -> None:
     """Re-read the job rows every two seconds; only this part of the page reruns."""
-    jobs = job_table(engine)
+    jobs = jobs_view(engine)
     if message := st.session_state.pop("job_cancel_message", None):
         st.info(message)
     if jobs.empty:

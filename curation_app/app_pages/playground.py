@@ -10,10 +10,10 @@ from curation_app.components import diff_view, pixel_image
 from curation_app.resources import get_engine, get_settings
 from pipeline.services.playground import (
     ModelUnavailable,
+    load_playground_student,
+    load_playground_teacher,
     no_student_message,
     open_playground,
-    open_student,
-    open_teacher,
 )
 from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
 
@@ -24,12 +24,12 @@ _MD = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~])")
 
 @st.cache_resource(show_spinner="Loading the teacher…", max_entries=2)
 def teacher_model(model: str, device: str):  # noqa: ANN201
-    return open_teacher(model, device=device)
+    return load_playground_teacher(model, device=device)
 
 
 @st.cache_resource(show_spinner="Loading the student…", max_entries=3)
 def student_model(folder: str):  # noqa: ANN201
-    return open_student(folder)
+    return load_playground_student(folder)
 
 
 def literal(pieces):  # noqa: ANN001, ANN201

@@ -15,7 +15,7 @@ from pipeline.services.train import (
     per_class_table,
     resume_training,
     start_training,
-    train_page,
+    train_view,
     training_runs,
 )
 from pipeline.student.config import StudentConfig, TrainConfig
@@ -27,7 +27,7 @@ if "train_message" in st.session_state:
     ok, message = st.session_state.pop("train_message")
     (st.success if ok else st.error)(message)
 
-page = train_page(settings, engine)
+page = train_view(settings, engine)
 sd, td = page.student_defaults, page.train_defaults
 if not page.snapshots:
     st.info("No snapshot yet: approve captions and export a snapshot on the Export page first.")

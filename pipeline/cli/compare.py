@@ -12,7 +12,7 @@ import typer
 from db.engine import init_store
 from pipeline.jobs import JobReporter
 from pipeline.settings import Settings
-from pipeline.student.compare import load_results, run_compare
+from pipeline.student.compare import read_results, run_compare
 from pipeline.student.config import GenerationConfig
 
 
@@ -31,7 +31,7 @@ def compare(
         out = run_compare(settings, student_dir=student, snapshot=snapshot, split=split,
                           config=GenerationConfig(max_new_tokens=max_new_tokens), batch_size=batch_size,
                           progress=lambda done, total: job.progress(done, total, "captioning", force=True))
-        df = load_results(out)
+        df = read_results(out)
         job.result = {"path": str(out), "n_items": len(df), "mean_bleu": round(float(df.bleu.mean()), 2),
                       "mean_rouge_l": round(float(df.rouge_l.mean()), 4),
                       "exact_match": round(float(df.exact.mean()), 4)}

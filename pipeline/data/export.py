@@ -25,7 +25,7 @@ from db.models import Draft, Image, Review, ReviewState
 from pipeline import __version__
 from pipeline.classes import CLASSES
 from pipeline.settings import Settings
-from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, write_snapshot
+from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, new_snapshot_id, write_snapshot
 
 STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a crashed export
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same snapshot zips to the same bytes
@@ -222,17 +222,6 @@ def export_provenance(config: ExportConfig, *, records: list[SnapshotRecord], dr
         "reviewers": sorted({r.reviewer for r in records if r.reviewer}),
         "balance": {"ok": balance.ok, "below_target": balance.below, "overridden": not balance.ok},
     }
-
-
-def new_snapshot_id(root: Path, chash: str) -> str:
-    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = f"snap-{stamp}-{chash[:8]}"
-    candidate, n = base, 1
-    while (Path(root) / candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
 
 
 def sweep_stale_temps(root: Path, *, older_than_s: float = STALE_TEMP_S) -> list[Path]:

@@ -27,7 +27,7 @@ class UploadError(ValueError):
     """An upload that cannot be used, with a message meant for the person who uploaded it."""
 
 
-def load_upload(data: bytes, name: str = "upload") -> Image.Image:
+def decode_upload(data: bytes, name: str = "upload") -> Image.Image:
     """Decode `data` (a file called `name`) into a fully loaded RGB image; raise UploadError."""
     if not data:
         raise UploadError(f"{name} is empty (0 bytes): choose an image file (PNG, JPEG, WebP, GIF).")
@@ -111,7 +111,7 @@ def to_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def load_png(png: bytes) -> Image.Image:
+def decode_png(png: bytes) -> Image.Image:
     """Decode stored PNG bytes to an RGB PIL image."""
     with Image.open(io.BytesIO(png)) as im:
         return im.convert("RGB")
@@ -119,7 +119,7 @@ def load_png(png: bytes) -> Image.Image:
 
 def upscale_png(png: bytes, *, size: int) -> bytes:
     """The image enlarged to `size` pixels with nearest-neighbour, so every pixel stays crisp."""
-    img = load_png(png)
+    img = decode_png(png)
     buf = io.BytesIO()
     img.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
     return buf.getvalue()

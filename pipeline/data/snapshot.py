@@ -105,6 +105,17 @@ def _record_key(r: SnapshotRecord) -> str:
     return hashlib.sha256(r.image_png).hexdigest()[:16] + ":" + r.item_id
 
 
+def new_snapshot_id(root: Path, chash: str) -> str:
+    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = f"snap-{stamp}-{chash[:8]}"
+    candidate, n = base, 1
+    while (Path(root) / candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
 def write_snapshot(
     records: list[SnapshotRecord],
     root: Path,
@@ -126,8 +137,7 @@ def write_snapshot(
     root.mkdir(parents=True, exist_ok=True)
     chash = content_hash(records)
     if snapshot_id is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        snapshot_id = f"snap-{stamp}-{chash[:8]}"
+        snapshot_id = new_snapshot_id(root, chash)
     final = root / snapshot_id
     if final.exists():
         raise SnapshotExistsError(f"snapshot {snapshot_id} already exists at {final}")

@@ -14,7 +14,7 @@ from db.models import Draft, Image, Review, ReviewState
 from pipeline.data.images import upscale_png
 from pipeline.teacher.flags import flag_choices, flag_label
 
-__all__ = ["BrowseFilters", "BrowseView", "browse_items", "flag_choices"]
+__all__ = ["BrowseFilters", "BrowseView", "browse_view", "flag_choices"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _keep(row: dict, f: BrowseFilters) -> bool:
             and row["chars"] >= f.min_chars and (f.max_chars is None or row["chars"] <= f.max_chars))
 
 
-def browse_items(engine: Engine, *, filters: BrowseFilters) -> BrowseView:
+def browse_view(engine: Engine, *, filters: BrowseFilters) -> BrowseView:
     """Every item matching the filters (with thumbnails), plus per-class state counts and rates."""
     with session_scope(engine) as s:
         rows = _rows(s)

@@ -14,12 +14,12 @@ from db.jobs import list_jobs
 from db.lineage import list_snapshot_rows
 from db.models import JobKind, Review, ReviewAction, ReviewState
 from db.review import decide
-from pipeline.jobs import launch_job
+from pipeline.jobs import start_job
 from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
-from pipeline.student.compare import list_results, load_results
+from pipeline.student.compare import list_results, read_results
 
-__all__ = ["CompareView", "SendBackResult", "compare_view", "load_results", "send_back", "start_compare"]
+__all__ = ["CompareView", "SendBackResult", "compare_view", "read_results", "send_back", "start_compare"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def start_compare(settings: Settings, *, student_dir: str, snapshot: str, split:
             "--max-new-tokens", str(max_new_tokens)]
     params = {"student": str(student_dir), "snapshot": snapshot, "split": split,
               "max_new_tokens": max_new_tokens}
-    return launch_job(settings, kind=JobKind.compare, argv=argv, params=params)
+    return start_job(settings, kind=JobKind.compare, argv=argv, params=params)
 
 
 def send_back(engine: Engine, *, image_ids: list[int], reviewer: str) -> SendBackResult:

@@ -25,13 +25,13 @@ def guidelines_path(settings: Settings) -> Path:
     return Path(settings.guidelines_file or Path(settings.data_dir) / GUIDELINES_FILE_NAME)
 
 
-def load_guidelines(settings: Settings) -> str:
+def read_guidelines(settings: Settings) -> str:
     """The team's guidelines (the settings' file when it exists), else the built-in text."""
     path = guidelines_path(settings)
     return path.read_text(encoding="utf-8") if path.is_file() else DEFAULT_GUIDELINES
 
 
-def save_guidelines(settings: Settings, *, text: str) -> Path:
+def write_guidelines(settings: Settings, *, text: str) -> Path:
     path = guidelines_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

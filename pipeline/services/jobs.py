@@ -12,7 +12,7 @@ from db.errors import StoreError
 from db.jobs import ACTIVE, list_jobs, request_cancel
 from db.models import JobKind, JobStatus
 from pipeline.data.sources import ImportSource, SourceError, import_images
-from pipeline.jobs import launch_job
+from pipeline.jobs import start_job
 from pipeline.settings import Settings
 
 
@@ -34,12 +34,12 @@ def start_caption_job(settings: Settings, engine: Engine, *, source: str, n_per_
     argv = ["caption"] + (["--limit", str(limit)] if limit else [])
     params = {"source": source, "n_per_class": n_per_class, "path": path, "limit": limit,
               "imported": summary.added}
-    job_id = launch_job(settings, kind=JobKind.caption, argv=argv, params=params)
+    job_id = start_job(settings, kind=JobKind.caption, argv=argv, params=params)
     return JobStart(ok=True, job_id=job_id,
                     message=f"Imported {summary.added} new images; captioning job {job_id} started.")
 
 
-def job_table(engine: Engine, *, limit: int = 20) -> pd.DataFrame:
+def jobs_view(engine: Engine, *, limit: int = 20) -> pd.DataFrame:
     """The newest jobs as plain rows (status, progress, message, error) for the jobs page."""
     with session_scope(engine) as s:
         jobs = list_jobs(s, limit=limit)

@@ -47,7 +47,7 @@ def progress(session: Session, *, targets: dict[str, int]) -> Progress:
     return Progress(approved=approved, target=sum(targets.values()), per_class=df)
 
 
-def store_overview(engine: Engine, *, target_per_class: int) -> Overview:
+def overview_view(engine: Engine, *, target_per_class: int) -> Overview:
     with session_scope(engine) as s:
         n_images, n_drafts = count_images(s), count_drafts(s)
         prog = progress(s, targets={c: target_per_class for c in CLASSES})

@@ -1,7 +1,7 @@
 """Services behind the playground: the models on offer, the input as each model sees it, and
 the store's approved caption for an image (streamed captions with timings: pipeline/services/playground.py).
 
-Models are opened by `open_teacher` / `open_student` (the app wraps each in st.cache_resource);
+Models are opened by `load_playground_teacher` / `load_playground_student` (the app wraps each in st.cache_resource);
 a model that cannot be opened raises ModelUnavailable with the next step to take.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from db.catalog import find_image_by_hash
 from db.engine import session_scope
 from db.models import Review, ReviewState
-from pipeline.data.images import load_upload, pixel_hash, square_resize, to_png
+from pipeline.data.images import decode_upload, pixel_hash, square_resize, to_png
 from pipeline.data.sources import BUNDLED_DIR
 from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
@@ -117,7 +117,7 @@ def prepare_input(engine: Engine, *, data: bytes | None = None, name: str = "upl
     label = None
     if example is not None:
         data, name, label = example_png(example), example, example.split("/", 1)[0]
-    image = load_upload(data or b"", name)
+    image = decode_upload(data or b"", name)
     match = find_in_store(engine, image=image)
     return PlaygroundInput(name=name, original_png=to_png(image), size=image.size,
                            model_png=to_png(square_resize(image, STUDENT_EDGE)), match=match,
@@ -146,7 +146,7 @@ def list_models(settings: Settings, engine: Engine) -> list[ModelOption]:
     return options
 
 
-def open_teacher(model: str, *, device: str = "auto") -> Teacher:
+def load_playground_teacher(model: str, *, device: str = "auto") -> Teacher:
     from pipeline.teacher.model import TeacherError, load_teacher
 
     try:
@@ -161,7 +161,7 @@ def open_teacher(model: str, *, device: str = "auto") -> Teacher:
         ) from exc
 
 
-def open_student(folder: str, *, device: str = "cpu"):  # noqa: ANN201 - a pipeline.student Student
+def load_playground_student(folder: str, *, device: str = "cpu"):  # noqa: ANN201 - a pipeline.student Student
     from pipeline.student.loader import load_student
 
     try:

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from db.engine import session_scope
 from db.errors import StoreError
 from db.models import RejectReason, ReviewAction
-from db.review import QueueOrder, ReviewItem, claim_item, claim_next, decide, load_item, release_claims, undo_last
+from db.review import QueueOrder, ReviewItem, claim_item, claim_next, decide, get_item, release_claims, undo_last
 from pipeline.classes import CLASSES
 from pipeline.data.images import upscale_png
 from pipeline.services.overview import Progress, progress
@@ -108,7 +108,7 @@ def submit_decision(
             return _view(s, spec, _next(s, spec), message=done)
     except StoreError as err:
         with session_scope(engine) as s:
-            item = load_item(s, image_id=image_id)
+            item = get_item(s, image_id=image_id)
             if item.version != expected_version or item.claimed_by not in (None, spec.reviewer):
                 item = _next(s, spec)  # the item moved on: show the reviewer something fresh
             return _view(s, spec, item, ok=False, message=str(err))
@@ -119,7 +119,7 @@ def undo(engine: Engine, *, spec: QueueSpec) -> ReviewView:
     try:
         with session_scope(engine) as s:
             review = undo_last(s, reviewer=spec.reviewer)
-            item = load_item(s, image_id=review.image_id)
+            item = get_item(s, image_id=review.image_id)
             return _view(s, spec, item, message=f"Item {item.image_id}: last decision undone.")
     except StoreError as err:
         with session_scope(engine) as s:

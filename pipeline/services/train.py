@@ -19,7 +19,7 @@ from db.errors import StoreError
 from db.jobs import active_jobs, get_job, list_jobs, request_cancel
 from db.lineage import get_snapshot_row
 from db.models import Job, JobKind, JobStatus
-from pipeline.jobs import launch_job
+from pipeline.jobs import start_job
 from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
@@ -112,7 +112,7 @@ def _launch(settings: Settings, *, snapshot_id: str, snapshot_path: Path, out_di
     params = {"snapshot_id": snapshot_id, "snapshot_path": str(snapshot_path), "student_dir": str(out_dir),
               "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from}
     argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir, student=student, train=train)
-    job_id = launch_job(settings, kind=JobKind.train, argv=argv, params=params)
+    job_id = start_job(settings, kind=JobKind.train, argv=argv, params=params)
     verb = "Resumed" if resumed_from else "Started"
     return TrainStart(True, f"{verb} training job {job_id}: student {out_dir.name}.", job_id)
 
@@ -159,7 +159,7 @@ def start_evaluation(settings: Settings, *, student_dir: str, snapshot_path: str
     """Evaluate a finished student on its snapshot's validation split, as a job."""
     argv = ["evaluate", "--student", student_dir, "--snapshot", snapshot_path, "--split", "validation",
             "--name", EVAL_NAME]
-    return launch_job(settings, kind=JobKind.evaluate, argv=argv,
+    return start_job(settings, kind=JobKind.evaluate, argv=argv,
                       params={"student_dir": student_dir, "snapshot_path": snapshot_path})
 
 
@@ -214,7 +214,7 @@ class TrainPage:
     train_defaults: TrainConfig
 
 
-def train_page(settings: Settings, engine: Engine) -> TrainPage:
+def train_view(settings: Settings, engine: Engine) -> TrainPage:
     """The snapshots to train on and the form defaults (the runs come from training_runs)."""
     from db.lineage import list_snapshot_rows
 

@@ -94,7 +94,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_results(path: Path) -> pd.DataFrame:
+def read_results(path: Path) -> pd.DataFrame:
     """The results table, most disagreeing first."""
     rows = json.loads(Path(path).read_text())["rows"]
     df = pd.DataFrame(rows, columns=list(COLUMNS))

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from db.catalog import add_draft, get_images, images_without_draft
 from db.engine import session_scope
 from db.models import Image
-from pipeline.data.images import load_png
+from pipeline.data.images import decode_png
 from pipeline.teacher.flags import flags_for_draft
 from pipeline.teacher.model import (
     DEFAULT_PROMPT,
@@ -115,7 +115,7 @@ def run_captioning(engine: Engine, teacher: Teacher, request: CaptionRequest, *,
     for start in range(0, len(todo), request.batch_size):
         with session_scope(engine) as s:
             rows = get_images(s, ids=todo[start:start + request.batch_size])
-        chunk, images = [r.id for r in rows], [load_png(r.png) for r in rows]
+        chunk, images = [r.id for r in rows], [decode_png(r.png) for r in rows]
         if not rows:
             continue
         texts, _ = generate_batch(teacher, images, prompt=request.prompt, params=request.params)

@@ -11,10 +11,10 @@ import shutil
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -24,8 +24,8 @@ from db.lineage import list_snapshot_rows, list_students, register_snapshot
 from db.models import Draft, Image, Review, ReviewState
 from pipeline import __version__
 from pipeline.classes import CLASSES
-from pipeline.settings import Settings
 from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, new_snapshot_id, write_snapshot
+from pipeline.settings import Settings
 
 STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a crashed export
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same snapshot zips to the same bytes
@@ -217,7 +217,7 @@ def export_provenance(config: ExportConfig, *, records: list[SnapshotRecord], dr
     """What the manifest says about where the pairs came from and how they were exported."""
     return {
         "app": "capstudio", "app_version": __version__, "exported_by": config.exported_by,
-        "exported_at": datetime.now(timezone.utc).isoformat(), "config": asdict(config),
+        "exported_at": datetime.now(UTC).isoformat(), "config": asdict(config),
         "teachers": teacher_provenance(drafts),
         "reviewers": sorted({r.reviewer for r in records if r.reviewer}),
         "balance": {"ok": balance.ok, "below_target": balance.below, "overridden": not balance.ok},

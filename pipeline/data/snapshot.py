@@ -24,10 +24,10 @@ import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 
@@ -107,7 +107,7 @@ def _record_key(r: SnapshotRecord) -> str:
 
 def new_snapshot_id(root: Path, chash: str) -> str:
     """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = f"snap-{stamp}-{chash[:8]}"
     candidate, n = base, 1
     while (Path(root) / candidate).exists():
@@ -148,7 +148,7 @@ def write_snapshot(
         manifest = {
             "format_version": FORMAT_VERSION,
             "snapshot_id": snapshot_id,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "content_hash": chash,
             "n_items": len(records),
             "counts_per_class": dict(sorted(Counter(r.label for r in records).items())),

@@ -70,7 +70,8 @@ def test_a_config_file_with_an_override_equals_the_same_run_given_by_options(cli
 @pytest.mark.parametrize(("content", "options", "message"), [
     ({"patch_size": 5}, [], "error: patch_size 5 must divide image_size 32"),
     ({"max_steps": 0}, ["--epochs", "0"], "error: need epochs > 0 or max_steps > 0"),
-    ({"learning_rate": 0.1}, [], "error: unknown config fields ['learning_rate'] (not fields of StudentConfig or TrainConfig)"),
+    ({"learning_rate": 0.1}, [],
+     "error: unknown config fields ['learning_rate'] (not fields of StudentConfig or TrainConfig)"),
     ({}, ["--dtype", "float16"], "error: dtype must be one of auto, float32, bfloat16, not 'float16'"),
 ])
 def test_a_contradictory_config_is_refused_in_one_line_with_exit_code_2(cli, snapshot, tmp_path, content,

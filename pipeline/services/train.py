@@ -1,8 +1,10 @@
 """Training from the app: start, cancel and resume a `python -m pipeline train` job, read its
 loss curve and evaluation report, and register finished students (lineage) in the store.
 
-A student folder is data/students/<name>; resuming relaunches the same command on the same
-folder, and training picks up from its latest checkpoint.
+A student folder is data/students/<name>. The form's configs are written into it as student.json
+and train.json, and the job is `python -m pipeline train --config <folder>/student.json --config
+<folder>/train.json`; resuming relaunches that command on the same folder, and training picks up
+from its latest checkpoint.
 """
 from __future__ import annotations
 

@@ -178,19 +178,21 @@ def chat_prompt(teacher: Teacher, prompt: str) -> str:
     return teacher.processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def processor_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str) -> tuple[dict, dict]:
+def processor_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str, *,
+                     processor_params: dict | None = None) -> tuple[dict, dict]:
     """The processor's output for `images` (one chat prompt each, left-padded) on the CPU, and the
-    processor overrides used (`processor_params_for`)."""
-    proc = processor_params_for(images)
+    processor overrides used (default: `processor_params_for(images)`)."""
+    proc = processor_params_for(images) if processor_params is None else processor_params
     text = chat_prompt(teacher, prompt)
     inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
                                return_tensors="pt", padding=True, **proc)
     return dict(inputs), proc
 
 
-def encode_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str) -> dict:
+def encode_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str, *,
+                  processor_params: dict | None = None) -> dict:
     """The teacher's model inputs for `images` with `prompt`, on its device and in its dtype."""
-    inputs, _ = processor_inputs(teacher, images, prompt)
+    inputs, _ = processor_inputs(teacher, images, prompt, processor_params=processor_params)
     dtype = DTYPES[teacher.dtype]
     return {k: (v.to(teacher.device, dtype) if v.is_floating_point() else v.to(teacher.device))
             for k, v in inputs.items()}

@@ -28,7 +28,8 @@ class StudentConfig(JsonConfig):
     lora_r: int = doc(8, "LoRA rank.")
     lora_alpha: int = doc(32, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = doc(0.05, "Dropout on the LoRA inputs, in [0, 1).")
-    lora_targets: tuple[str, ...] = doc(PHI3_LORA_TARGETS, "Phi-3 module names that get adapters.")
+    lora_targets: tuple[str, ...] = doc(PHI3_LORA_TARGETS,
+                                        "Phi-3 module names that get adapters (comma-separated on the command line).")
     quantize_4bit: bool = doc(True, "Train on an NF4 double-quantised base (QLoRA).")
     image_token: str = doc("<|placeholder1|>", "Reserved Phi-3 token repeated once per patch.")
     prompt: str = doc("Describe this image in one sentence.", "User instruction placed after the image tokens.")
@@ -42,6 +43,7 @@ class StudentConfig(JsonConfig):
         check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)")
         check(len(self.lora_targets) > 0, "lora_targets must name at least one module")
         check(bool(self.base_model), "base_model must be set")
+        check(bool(self.image_token) and bool(self.prompt.strip()), "image_token and prompt must not be empty")
 
     @property
     def n_patches(self) -> int:
@@ -80,5 +82,6 @@ class TrainConfig(JsonConfig):
         check(self.lr_lora > 0 and self.lr_projector > 0, "learning rates must be > 0")
         check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+        check(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
         check(self.checkpoint_every >= 0 and self.eval_every >= 0, "intervals must be >= 0")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
-from pipeline.services.compare import compare_view, read_results, send_back, start_compare
+from pipeline.services.compare import BLEU_LABEL, compare_view, read_results, send_back, start_compare
 
 settings, engine = get_settings(), get_engine()
 st.title("Batch compare")
@@ -62,12 +62,12 @@ if not view.results:
 path = st.selectbox("Results", view.results, format_func=lambda p: Path(p).stem.replace("--", " · "),
                     key="cmp_results")
 table = read_results(path)
-st.caption(f"{len(table)} items · mean BLEU {table.bleu.mean():.1f} · mean ROUGE-L {table.rouge_l.mean():.3f} "
+st.caption(f"{len(table)} items · mean {BLEU_LABEL} {table.bleu.mean():.1f} · mean ROUGE-L {table.rouge_l.mean():.3f} "
            f"· exact {table.exact.mean():.0%} · most disagreeing first (click a header to sort)")
 st.dataframe(table, hide_index=True, key="cmp_table", column_config={
     "image": st.column_config.ImageColumn("image", width="small"),
     "disagreement": st.column_config.ProgressColumn("disagreement", min_value=0, max_value=1),
-    "bleu": st.column_config.NumberColumn("BLEU", format="%.1f"),
+    "bleu": st.column_config.NumberColumn(BLEU_LABEL, format="%.1f"),
 })
 
 choices = {f"#{r.item_id} {r.label} · disagreement {r.disagreement:.2f}": int(r.item_id)

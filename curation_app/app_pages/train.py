@@ -10,6 +10,7 @@ import streamlit as st
 from curation_app.resources import get_engine, get_settings
 from db.models import JobStatus
 from pipeline.services.train import (
+    BLEU_LABEL,
     ablation_table,
     cancel_training,
     per_class_table,
@@ -88,7 +89,8 @@ def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
         return
     st.markdown("Image ablation: the same items with a blank grey image and with shuffled images; "
                 "a student that reads the image scores clearly higher on `real`.")
-    st.dataframe(ablation_table(run.report), hide_index=True, key=f"tr_ablation_{run.job_id}")
+    st.dataframe(ablation_table(run.report), hide_index=True, key=f"tr_ablation_{run.job_id}",
+                 column_config={"bleu": st.column_config.NumberColumn(BLEU_LABEL, format="%.1f")})
     per_class = per_class_table(run.report)
     if not per_class.empty:
         st.markdown("Class-mention accuracy per class")

@@ -112,8 +112,9 @@ def caption(
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
 ) -> None:
     """Draft captions with the teacher for images that have none; resumable after any crash."""
+    from pipeline.generation import GenerationConfig
     from pipeline.teacher.drafting import CaptionRequest
-    from pipeline.teacher.model import DEFAULT_PROMPT, GenerationParams, TeacherError
+    from pipeline.teacher.model import DEFAULT_PROMPT, TeacherError
 
     settings = Settings()
     if threads is not None:
@@ -121,7 +122,7 @@ def caption(
 
         torch.set_num_threads(threads)
     try:
-        params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        params = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
         request = CaptionRequest(prompt=prompt or DEFAULT_PROMPT, params=params,
                                  batch_size=batch_size or settings.batch_size, limit=limit,

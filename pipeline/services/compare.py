@@ -18,8 +18,9 @@ from pipeline.jobs import start_job
 from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
 from pipeline.student.compare import list_results, read_results
+from pipeline.student.metrics import BLEU_LABEL
 
-__all__ = ["CompareView", "SendBackResult", "compare_view", "read_results", "send_back", "start_compare"]
+__all__ = ["BLEU_LABEL", "CompareView", "SendBackResult", "compare_view", "read_results", "send_back", "start_compare"]
 
 
 @dataclass(frozen=True)

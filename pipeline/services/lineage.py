@@ -17,7 +17,7 @@ from db.lineage import get_snapshot_row, list_students, register_student
 from db.models import Student
 from pipeline.settings import Settings
 
-HEADLINE = ("optimizer_steps", "final_val_loss", "real_class_mention", "blank_class_mention", "bleu4",
+HEADLINE = ("optimizer_steps", "final_val_loss", "real_class_mention", "blank_class_mention", "bleu",
             "rouge_l")
 """The metrics the lineage table shows for each student."""
 
@@ -60,7 +60,7 @@ def _report_summary(report: dict) -> dict:
     for cond, m in conds.items():
         out[f"{cond}_class_mention"] = m.get("class_mention", {}).get("accuracy")
         if cond == "real":
-            out.update({k: m.get(k) for k in ("bleu4", "rouge_l", "cider")})
+            out.update({k: m.get(k) for k in ("bleu", "rouge_l", "cider")})
     return {k: round(v, 4) for k, v in out.items() if isinstance(v, (int, float))}
 
 

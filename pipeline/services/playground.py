@@ -51,7 +51,7 @@ class ModelOption:
         if self.kind == ModelKind.teacher:
             return f"Teacher · {self.path}"
         bits = [f"Student · {Path(self.path).name}", f"snapshot {self.snapshot_id or '?'}"]
-        for key in ("real_class_mention", "blank_class_mention", "bleu4", "final_val_loss"):
+        for key in ("real_class_mention", "blank_class_mention", "bleu", "final_val_loss"):
             if isinstance(self.metrics.get(key), (int, float)):
                 bits.append(f"{key} {self.metrics[key]:.3g}")
         return " · ".join(bits)

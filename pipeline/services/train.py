@@ -1,14 +1,16 @@
 """Training from the app: start, cancel and resume a `python -m pipeline train` job, read its
 loss curve and evaluation report, and register finished students (lineage) in the store.
 
-A student folder is data/students/<name>; resuming relaunches the same command on the same
-folder, and training picks up from its latest checkpoint.
+A student folder is data/students/<name>. The form's configs are written into it as student.json
+and train.json, and the job is `python -m pipeline train --config <folder>/student.json --config
+<folder>/train.json`; resuming relaunches that command on the same folder, and training picks up
+from its latest checkpoint.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +25,7 @@ from pipeline.jobs import start_job
 from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.student.metrics import BLEU_LABEL as BLEU_LABEL  # the ablation table's bleu column
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EVAL_NAME = "app"  # the evaluation the app starts: <student>/evaluations/app/
@@ -70,24 +73,22 @@ def default_configs(settings: Settings) -> tuple[StudentConfig, TrainConfig]:
     return StudentConfig(base_model=str(settings.student_base_model)), TrainConfig()
 
 
-def train_argv(*, snapshot_dir: Path, out_dir: Path, student: StudentConfig, train: TrainConfig) -> list[str]:
-    """`python -m pipeline train` arguments: every config field the command takes as an option."""
-    import inspect
+CONFIG_FILES = ("student.json", "train.json")  # what the student folder keeps; the job reads them
 
-    from pipeline.cli.student import train_command
 
-    accepted = set(inspect.signature(train_command).parameters)
+def train_argv(*, snapshot_dir: Path, out_dir: Path) -> list[str]:
+    """`python -m pipeline train` arguments: the folder's config files are the whole configuration."""
     argv = ["train", "--snapshot", str(snapshot_dir), "--out", str(out_dir)]
-    for cfg in (student, train):
-        for f in fields(cfg):
-            if f.name not in accepted:
-                continue
-            value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
-            if isinstance(value, bool):
-                argv.append(f"--{flag}" if value else f"--no-{flag}")
-            else:
-                argv += [f"--{flag}", str(value)]
+    for name in CONFIG_FILES:
+        argv += ["--config", str(Path(out_dir) / name)]
     return argv
+
+
+def write_configs(out_dir: Path, *, student: StudentConfig, train: TrainConfig) -> None:
+    """Write student.json and train.json into the (new) student folder, as training keeps them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student.to_json(out_dir / "student.json")
+    train.to_json(out_dir / "train.json")
 
 
 def start_training(settings: Settings, engine: Engine, *, snapshot_id: str, name: str,
@@ -111,7 +112,9 @@ def _launch(settings: Settings, *, snapshot_id: str, snapshot_path: Path, out_di
             student: StudentConfig, train: TrainConfig, resumed_from: int | None = None) -> TrainStart:
     params = {"snapshot_id": snapshot_id, "snapshot_path": str(snapshot_path), "student_dir": str(out_dir),
               "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from}
-    argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir, student=student, train=train)
+    if not all((out_dir / name).is_file() for name in CONFIG_FILES):  # a resume reuses the folder's files
+        write_configs(out_dir, student=student, train=train)
+    argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir)
     job_id = start_job(settings, kind=JobKind.train, argv=argv, params=params)
     verb = "Resumed" if resumed_from else "Started"
     return TrainStart(True, f"{verb} training job {job_id}: student {out_dir.name}.", job_id)
@@ -231,8 +234,8 @@ def per_class_table(report: dict) -> pd.DataFrame:
 
 
 def ablation_table(report: dict) -> pd.DataFrame:
-    """Scores under each condition: real images against the blank and shuffled controls."""
+    """Scores under each condition: real images against the blank and shuffled controls (bleu: BLEU_LABEL)."""
     rows = [{"condition": c, "class_mention": m.get("class_mention", {}).get("accuracy"),
-             **{k: m.get(k) for k in ("bleu4", "rouge_l", "cider")}}
+             **{k: m.get(k) for k in ("bleu", "rouge_l", "cider")}}
             for c, m in (report.get("conditions") or {}).items()]
-    return pd.DataFrame(rows, columns=["condition", "class_mention", "bleu4", "rouge_l", "cider"])
+    return pd.DataFrame(rows, columns=["condition", "class_mention", "bleu", "rouge_l", "cider"])

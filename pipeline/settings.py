@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from db.config import StoreSettings
+from pipeline.hardware import resolve_device
 
 DEFAULT_TEACHER = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_STUDENT = "microsoft/Phi-3-mini-4k-instruct"
@@ -25,6 +26,9 @@ class Settings(StoreSettings):
     """Approved pairs wanted per CIFAR-10 class."""
     guidelines_file: Path | None = None
     """Markdown file with the reviewing guidelines; a built-in text when unset."""
+    native_kernels: bool = True
+    """Decode the student with the native CPU kernels (built by scripts/setup.sh, AVX512-BF16 CPUs only;
+    checked against bitsandbytes when a decoder starts). False: bitsandbytes' and torch's ops."""
 
     @property
     def exports_dir(self) -> Path:
@@ -43,8 +47,4 @@ class Settings(StoreSettings):
         return Path(self.data_dir) / "models"
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)

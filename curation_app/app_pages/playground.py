@@ -29,7 +29,7 @@ def teacher_model(model: str, device: str):  # noqa: ANN201
 
 @st.cache_resource(show_spinner="Loading the student…", max_entries=3)
 def student_model(folder: str):  # noqa: ANN201
-    return load_playground_student(folder)
+    return load_playground_student(folder, native_kernels=settings.native_kernels)
 
 
 def literal(pieces):  # noqa: ANN001, ANN201

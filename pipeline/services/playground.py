@@ -161,11 +161,12 @@ def load_playground_teacher(model: str, *, device: str = "auto") -> Teacher:
         ) from exc
 
 
-def load_playground_student(folder: str, *, device: str = "cpu"):  # noqa: ANN201 - a pipeline.student Student
+def load_playground_student(folder: str, *, device: str = "cpu",  # noqa: ANN201 - a pipeline.student Student
+                            native_kernels: bool = True):
     from pipeline.student.loader import load_student
 
     try:
-        return load_student(Path(folder), device=device)
+        return load_student(Path(folder), device=device, native_kernels=native_kernels)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelUnavailable(
             f"The student in {folder} cannot be loaded ({type(exc).__name__}: {exc}). Check that its "

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from pipeline.data.snapshot import SnapshotRecord, read_snapshot
+from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from pipeline.student.config import StudentConfig, TrainConfig
-from pipeline.student.loader import build_student, resolve_device, save_student
+from pipeline.student.loader import build_student, save_student
 from pipeline.student.model import Student, build_example, collate
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -29,15 +30,13 @@ StopFn = Callable[[], bool]
 
 
 def compute_dtype(tc: TrainConfig, device: str) -> torch.dtype:
-    """bf16 on a GPU, and on a CPU with AVX512-BF16 (bench/student.py, full-size Phi-3-mini on
-    2 cores: 7.3 s per QLoRA step in bf16 against 17.6 s in fp32); fp32 on other CPUs."""
+    """bf16 on a GPU, and on a CPU with native bf16 matmuls (AVX512-BF16 or AMX, where bf16 QLoRA
+    steps are faster: bench/student.py measures both); fp32 on other CPUs."""
     if tc.dtype != "auto":
         return getattr(torch, tc.dtype)
     if device.startswith("cuda"):  # pre-Ampere cards (T4, V100) have no bf16: fp32, not fp16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from bitsandbytes.functional import has_avx512bf16
-
-    return torch.bfloat16 if has_avx512bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def lr_lambda(total_steps: int, tc: TrainConfig) -> Callable[[int], float]:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image as PILImage
 
 from pipeline.generation import GenerationConfig
+from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.tiny import is_tiny_model
 
 DEFAULT_PROMPT = "Can you describe this image? Answer in one or two sentences."
@@ -67,24 +68,6 @@ class CaptionResult:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX): bf16 is then ~5x fp32."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():  # Linux: the flags say it exactly
-        flags = cpuinfo.read_text()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def pick_dtype(device: str, dtype: str = "auto") -> str:

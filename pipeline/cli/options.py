@@ -34,9 +34,11 @@ def _shown(default: Any) -> str:
     return ",".join(default) if isinstance(default, tuple) else str(default)
 
 
-def config_options(*classes: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+def config_options(*classes: type, exclude: tuple[str, ...] = (),
+                   panel: str = "{name}") -> Callable[[Callable], Callable]:
     """Decorate a typer command `f(..., overrides: dict)`: every field of `classes` (less `exclude`)
-    becomes an option; `f` receives the fields that were given on the command line in `overrides`."""
+    becomes an option, listed under `panel` (formatted with the class name) in `--help`; `f`
+    receives the fields that were given on the command line in `overrides`."""
 
     def wrap(func: Callable) -> Callable:
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
@@ -49,7 +51,7 @@ def config_options(*classes: type, exclude: tuple[str, ...] = ()) -> Callable[[C
                     continue
                 typ, convert[f.name] = _cli_type(hints[f.name])
                 option = typer.Option(None, help=field_help(f), show_default=_shown(field_default(f)),
-                                      rich_help_panel=f"{cls.__name__} (overrides --config)")
+                                      rich_help_panel=panel.format(name=cls.__name__))
                 generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                                    annotation=typ | None))
 

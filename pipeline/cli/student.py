@@ -35,7 +35,7 @@ def _refuse(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-@config_options(StudentConfig, TrainConfig)
+@config_options(StudentConfig, TrainConfig, panel="{name} fields (override --config)")
 def train_command(
     snapshot: Path = typer.Option(..., help="Export snapshot folder to train on (never the live store)."),
     config: list[Path] | None = typer.Option(

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 from PIL import Image as PILImage
 
 from pipeline.generation import GenerationConfig
+from pipeline.hardware import describe_cpu
 from pipeline.teacher.model import Teacher, encode_inputs, load_teacher, processor_params_for
 from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 
@@ -65,12 +64,7 @@ def caption_timed(teacher: Teacher, images: list, *, batch: int, one_tile: bool,
 def machine() -> dict:
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"machine": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "torch": torch.__version__, "load_avg": os.getloadavg()}
+    return {**describe_cpu(), "torch": torch.__version__}
 
 
 def main() -> None:

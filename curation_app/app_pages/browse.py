@@ -54,7 +54,7 @@ event = st.dataframe(
 rows = event.selection.rows if event is not None else []
 if rows and current_actor().can(Role.reviewer):  # only reviewers have the Review page
     image_id = int(view.items.iloc[rows[0]]["image_id"])
-    if st.button(f"Review item {image_id}", type="primary", icon=":material/rate_review:"):
+    if st.button(f"Review item {image_id}", type="primary", icon=":material/rate_review:", key="browse_open"):
         st.session_state["open_item"] = image_id
         st.switch_page("app_pages/review.py")
 elif current_actor().can(Role.reviewer):

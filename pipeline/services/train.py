@@ -142,7 +142,8 @@ def resume_training(settings: Settings, engine: Engine, *, actor: Actor, job_id:
         return TrainStart(False, f"Student {out_dir.name} already finished training.")
     return _launch(settings, actor=actor, snapshot_id=params["snapshot_id"],
                    snapshot_path=Path(params["snapshot_path"]), out_dir=out_dir,
-                   student=StudentConfig.from_dict(params["student"]), train=TrainConfig.from_dict(params["train"]), resumed_from=job_id)
+                   student=StudentConfig.from_dict(params["student"]),
+                   train=TrainConfig.from_dict(params["train"]), resumed_from=job_id)
 
 
 def cancel_training(engine: Engine, *, actor: Actor, job_id: int) -> str:

@@ -44,16 +44,20 @@ with st.form("admin_add", clear_on_submit=True):
         _do(auth.add_account, name=name, role=role, password=password or None)
         st.rerun()
 
+def _on_selected(call, **fields) -> None:  # noqa: ANN001 - reads the widgets' values at click time
+    _do(call, name=st.session_state["admin_who"], **{k: st.session_state.get(v, v) for k, v in fields.items()})
+
+
 if not users.empty:
     st.markdown("**Change a user**")
     who = st.selectbox("User", list(users.name), key="admin_who")
     c1, c2 = st.columns(2)
-    new_role = c1.selectbox("New role", ROLE_CHOICES, format_func=role_text.get, key="admin_role")
-    c1.button("Set role", key="admin_set_role", on_click=_do, args=(auth.change_role,),
-              kwargs={"name": who, "role": new_role})
+    c1.selectbox("New role", ROLE_CHOICES, format_func=role_text.get, key="admin_role")
+    c1.button("Set role", key="admin_set_role", on_click=_on_selected, args=(auth.change_role,),
+              kwargs={"role": "admin_role"})
     disabled = bool(users.set_index("name").loc[who, "disabled"])
     c1.button("Enable" if disabled else "Disable", key="admin_disable", on_click=_do,
               args=(auth.disable_account,), kwargs={"name": who, "disabled": not disabled})
-    new_password = c2.text_input("New password", type="password", key="admin_password")
-    c2.button("Reset password", key="admin_reset", on_click=_do, args=(auth.reset_password,),
-              kwargs={"name": who, "password": new_password})
+    c2.text_input("New password", type="password", key="admin_password")
+    c2.button("Reset password", key="admin_reset", on_click=_on_selected, args=(auth.reset_password,),
+              kwargs={"password": "admin_password"})

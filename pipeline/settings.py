@@ -8,6 +8,7 @@ from pathlib import Path
 
 from db.config import StoreSettings
 from pipeline.hardware import resolve_device
+from pipeline.identity import AuthMode, Role
 
 DEFAULT_TEACHER = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_STUDENT = "microsoft/Phi-3-mini-4k-instruct"
@@ -29,6 +30,18 @@ class Settings(StoreSettings):
     native_kernels: bool = True
     """Decode the student with the native CPU kernels (built by scripts/setup.sh, AVX512-BF16 CPUs only;
     checked against bitsandbytes when a decoder starts). False: bitsandbytes' and torch's ops."""
+    auth_mode: AuthMode = AuthMode.local
+    """'local' (one implicit admin, loopback only), 'password' or 'oidc'."""
+    auth_default_role: Role | None = None
+    """Role given to a first-time OIDC user; unset: no role until an admin grants one."""
+    auth_role_claim: str | None = None
+    """OIDC claim (e.g. 'groups') whose values name the role; unset: the role stored for the user."""
+    auth_session_hours: float = 12.0
+    """A password sign-in lasts this long."""
+    auth_max_failures: int = 5
+    """Wrong passwords in a row before the account is locked."""
+    auth_lockout_minutes: float = 15.0
+    """How long a locked account stays locked."""
 
     @property
     def exports_dir(self) -> Path:

@@ -8,7 +8,9 @@ import altair as alt
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
 from db.models import JobStatus
+from pipeline.identity import PermissionDenied
 from pipeline.services.train import (
     BLEU_LABEL,
     ablation_table,
@@ -21,7 +23,7 @@ from pipeline.services.train import (
 )
 from pipeline.student.config import StudentConfig, TrainConfig
 
-settings, engine = get_settings(), get_engine()
+settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Train")
 
 if "train_message" in st.session_state:
@@ -63,19 +65,28 @@ else:
             except ValueError as err:
                 st.session_state["train_message"] = (False, f"Check the form: {err}")
             else:
-                started = start_training(settings, engine, snapshot_id=snapshot, name=name.strip(),
-                                         student=student, train=train)
-                st.session_state["train_message"] = (started.ok, started.message)
+                try:
+                    started = start_training(settings, engine, actor=actor, snapshot_id=snapshot,
+                                             name=name.strip(), student=student, train=train)
+                    st.session_state["train_message"] = (started.ok, started.message)
+                except PermissionDenied as err:
+                    st.session_state["train_message"] = (False, str(err))
             st.rerun()
 
 
 def _cancel(job_id: int) -> None:
-    st.session_state["train_message"] = (True, cancel_training(engine, job_id=job_id))
+    try:
+        st.session_state["train_message"] = (True, cancel_training(engine, actor=actor, job_id=job_id))
+    except PermissionDenied as err:
+        st.session_state["train_message"] = (False, str(err))
 
 
 def _resume(job_id: int) -> None:
-    started = resume_training(settings, engine, job_id=job_id)
-    st.session_state["train_message"] = (started.ok, started.message)
+    try:
+        started = resume_training(settings, engine, actor=actor, job_id=job_id)
+        st.session_state["train_message"] = (started.ok, started.message)
+    except PermissionDenied as err:
+        st.session_state["train_message"] = (False, str(err))
 
 
 def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
@@ -99,7 +110,7 @@ def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
 
 @st.fragment(run_every="2s")
 def runs_panel() -> None:
-    runs = training_runs(settings, engine, limit=5)
+    runs = training_runs(settings, engine, actor=actor, limit=5)
     if not runs:
         st.info("No training runs yet.")
         return

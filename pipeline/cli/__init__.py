@@ -11,6 +11,7 @@ from pipeline.cli.compare import compare
 from pipeline.cli.export import export
 from pipeline.cli.store import build_tiny, caption, import_, init, status
 from pipeline.cli.student import evaluate_command, train_command
+from pipeline.cli.users import users
 
 app = typer.Typer(
     help="Caption-curation studio: import images, draft captions with the teacher, export, "
@@ -27,3 +28,4 @@ app.command()(export)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command()(compare)
+app.add_typer(users, name="users")

@@ -15,6 +15,7 @@ from db.engine import session_scope
 from db.errors import StoreError
 from db.lineage import get_snapshot_row, list_students, register_student
 from db.models import Student
+from pipeline.identity import Actor, Role, require
 from pipeline.settings import Settings
 
 HEADLINE = ("optimizer_steps", "final_val_loss", "real_class_mention", "blank_class_mention", "bleu",
@@ -112,8 +113,9 @@ def _items(folder: Path) -> pd.DataFrame:
     return df.rename(columns={"text": "caption"})[cols]
 
 
-def delete_snapshot(settings: Settings, engine: Engine, *, snapshot_id: str) -> tuple[bool, str]:
+def delete_snapshot(settings: Settings, engine: Engine, *, actor: Actor, snapshot_id: str) -> tuple[bool, str]:
     """Forget a snapshot and remove its folder; refused while a student was trained on it."""
+    require(actor, Role.admin, "delete snapshots")
     import shutil
 
     from db.lineage import delete_snapshot_row

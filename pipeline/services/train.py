@@ -21,6 +21,7 @@ from db.errors import StoreError
 from db.jobs import active_jobs, get_job, list_jobs, request_cancel
 from db.lineage import get_snapshot_row
 from db.models import Job, JobKind, JobStatus
+from pipeline.identity import Actor, Role, require
 from pipeline.jobs import start_job
 from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
@@ -91,9 +92,10 @@ def write_configs(out_dir: Path, *, student: StudentConfig, train: TrainConfig) 
     train.to_json(out_dir / "train.json")
 
 
-def start_training(settings: Settings, engine: Engine, *, snapshot_id: str, name: str,
+def start_training(settings: Settings, engine: Engine, *, actor: Actor, snapshot_id: str, name: str,
                    student: StudentConfig, train: TrainConfig) -> TrainStart:
     """Launch a train job on a registered snapshot into a new student folder."""
+    require(actor, Role.curator, "train a student")
     if not NAME_RE.match(name or ""):
         return TrainStart(False, "Name the student with letters, digits, '.', '_' or '-' (up to 64).")
     with session_scope(engine) as s:
@@ -104,14 +106,15 @@ def start_training(settings: Settings, engine: Engine, *, snapshot_id: str, name
     out_dir = Path(settings.students_dir) / name
     if (out_dir / "metrics.json").is_file() or (out_dir.exists() and any(out_dir.iterdir())):
         return TrainStart(False, f"A student called {name} already exists: choose another name.")
-    return _launch(settings, snapshot_id=snapshot_id, snapshot_path=Path(snapshot_path), out_dir=out_dir,
-                   student=student, train=train)
+    return _launch(settings, actor=actor, snapshot_id=snapshot_id, snapshot_path=Path(snapshot_path),
+                   out_dir=out_dir, student=student, train=train)
 
 
-def _launch(settings: Settings, *, snapshot_id: str, snapshot_path: Path, out_dir: Path,
+def _launch(settings: Settings, *, actor: Actor, snapshot_id: str, snapshot_path: Path, out_dir: Path,
             student: StudentConfig, train: TrainConfig, resumed_from: int | None = None) -> TrainStart:
     params = {"snapshot_id": snapshot_id, "snapshot_path": str(snapshot_path), "student_dir": str(out_dir),
-              "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from}
+              "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from,
+              "started_by": actor.name}
     if not all((out_dir / name).is_file() for name in CONFIG_FILES):  # a resume reuses the folder's files
         write_configs(out_dir, student=student, train=train)
     argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir)
@@ -120,8 +123,9 @@ def _launch(settings: Settings, *, snapshot_id: str, snapshot_path: Path, out_di
     return TrainStart(True, f"{verb} training job {job_id}: student {out_dir.name}.", job_id)
 
 
-def resume_training(settings: Settings, engine: Engine, *, job_id: int) -> TrainStart:
+def resume_training(settings: Settings, engine: Engine, *, actor: Actor, job_id: int) -> TrainStart:
     """Relaunch a cancelled or failed run on its folder; training continues from its checkpoint."""
+    require(actor, Role.curator, "resume training")
     try:
         with session_scope(engine) as s:
             job = get_job(s, job_id=job_id)
@@ -139,12 +143,14 @@ def resume_training(settings: Settings, engine: Engine, *, job_id: int) -> Train
         return TrainStart(False, f"Student {out_dir.name} is already training (job {busy[0]}).")
     if (out_dir / "metrics.json").is_file():
         return TrainStart(False, f"Student {out_dir.name} already finished training.")
-    return _launch(settings, snapshot_id=params["snapshot_id"], snapshot_path=Path(params["snapshot_path"]),
-                   out_dir=out_dir, student=StudentConfig.from_dict(params["student"]),
+    return _launch(settings, actor=actor, snapshot_id=params["snapshot_id"],
+                   snapshot_path=Path(params["snapshot_path"]), out_dir=out_dir,
+                   student=StudentConfig.from_dict(params["student"]),
                    train=TrainConfig.from_dict(params["train"]), resumed_from=job_id)
 
 
-def cancel_training(engine: Engine, *, job_id: int) -> str:
+def cancel_training(engine: Engine, *, actor: Actor, job_id: int) -> str:
+    require(actor, Role.curator, "cancel training")
     with session_scope(engine) as s:
         request_cancel(s, job_id=job_id)
     return f"Cancel requested for job {job_id}: it stops at the next step and keeps a checkpoint."
@@ -158,29 +164,31 @@ def loss_curve(student_dir: Path) -> pd.DataFrame:
     return df.astype({"step": "int64", "train_loss": "float64", "val_loss": "float64"})
 
 
-def start_evaluation(settings: Settings, *, student_dir: str, snapshot_path: str) -> int:
+def start_evaluation(settings: Settings, *, actor: Actor, student_dir: str, snapshot_path: str) -> int:
     """Evaluate a finished student on its snapshot's validation split, as a job."""
+    require(actor, Role.curator, "evaluate a student")
     argv = ["evaluate", "--student", student_dir, "--snapshot", snapshot_path, "--split", "validation",
             "--name", EVAL_NAME]
     return start_job(settings, kind=JobKind.evaluate, argv=argv,
-                      params={"student_dir": student_dir, "snapshot_path": snapshot_path})
+                      params={"student_dir": student_dir, "snapshot_path": snapshot_path, "started_by": actor.name})
 
 
-def _evaluations(settings: Settings, engine: Engine, runs: list[TrainView]) -> dict[str, tuple]:
+def _evaluations(settings: Settings, engine: Engine, runs: list[TrainView], actor: Actor) -> dict[str, tuple]:
     """{student folder: (status, error)} of its latest evaluation job; a newly finished run gets
-    its evaluation started here, once (the report follows the training)."""
+    its evaluation started here, once (the report follows the training), when `actor` may curate."""
     latest: dict[str, tuple] = {}
     with session_scope(engine) as s:
         for j in list_jobs(s, kind=JobKind.evaluate, limit=200):  # newest first
             latest.setdefault(j.params.get("student_dir"), (JobStatus(j.status), j.error))
     for run in runs:
-        if run.status == JobStatus.done and run.metrics and not run.report and run.student_dir not in latest:
-            start_evaluation(settings, student_dir=run.student_dir, snapshot_path=run.snapshot_path)
+        if (run.status == JobStatus.done and run.metrics and not run.report and run.student_dir not in latest
+                and actor.can(Role.curator)):
+            start_evaluation(settings, actor=actor, student_dir=run.student_dir, snapshot_path=run.snapshot_path)
             latest[run.student_dir] = (JobStatus.queued, None)
     return latest
 
 
-def training_runs(settings: Settings, engine: Engine, *, limit: int = 20) -> list[TrainView]:
+def training_runs(settings: Settings, engine: Engine, *, actor: Actor, limit: int = 20) -> list[TrainView]:
     """The latest training jobs, newest first, each with its curve, metrics and report."""
     sync_students(settings, engine)
     with session_scope(engine) as s:
@@ -191,7 +199,7 @@ def training_runs(settings: Settings, engine: Engine, *, limit: int = 20) -> lis
         run = _view(*row, superseded=row[-1].get("student_dir") in seen)
         seen.add(run.student_dir)
         runs.append(run)
-    evaluations = _evaluations(settings, engine, runs)
+    evaluations = _evaluations(settings, engine, runs, actor)
     return [replace(r, evaluation=evaluations.get(r.student_dir)) for r in runs]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from sqlalchemy.engine import make_url
 
 from db.copy import NotEmptyError, copy_store
 from pipeline.settings import Settings
@@ -40,11 +41,5 @@ def copy(
     width = max(len(c.table) for c in counts)
     for c in counts:
         typer.echo(f"{c.table:<{width}}  {c.source:>8} rows in the source  {c.copied:>8} copied  ok")
-    typer.echo(f"copied {sum(c.copied for c in counts)} rows in {len(counts)} tables to {_safe(to)}")
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for printing."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    safe = make_url(to).render_as_string(hide_password=True)
+    typer.echo(f"copied {sum(c.copied for c in counts)} rows in {len(counts)} tables to {safe}")

@@ -25,3 +25,10 @@ class StoreSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(Path(self.data_dir) / 'studio.db').resolve()}"
+
+    @property
+    def display_database_url(self) -> str:
+        """The store's URL for showing on screen: a server password is masked."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)

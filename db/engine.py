@@ -43,6 +43,26 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def lock_for_claim(stmt, session: Session):  # noqa: ANN001, ANN201 - a select, returned locked
+    """Make a claim's SELECT safe against concurrent claimers.
+
+    PostgreSQL (READ COMMITTED): `FOR UPDATE SKIP LOCKED`, so two sessions never pick the same free
+    row: the second skips a row the first has locked and takes the next one. SQLite needs nothing:
+    its transactions begin with BEGIN IMMEDIATE, so claimers already run one at a time.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+def lock_row(session: Session, model, key):  # noqa: ANN001, ANN201 - a table class, its primary key
+    """Read one row to change it: `SELECT ... FOR UPDATE` on PostgreSQL (a concurrent writer waits
+    for this transaction instead of both acting on the same old version); a plain get on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.get(model, key, with_for_update=True, populate_existing=True)
+    return session.get(model, key)
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error."""

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import String, cast, func, or_
 from sqlmodel import Session, select
 
+from db.engine import lock_for_claim, lock_row
 from db.errors import (
     ClaimedError,
     InvalidActionError,
@@ -114,7 +115,7 @@ def _next_free(session: Session, *, order, targets, label, flag, now) -> Review 
             )
         labels = [label] if label else _labels_by_need(session, targets=targets)
         if order == QueueOrder.oldest or not labels:
-            found = session.exec(base.order_by(Review.image_id).limit(1)).first()
+            found = session.exec(lock_for_claim(base.order_by(Review.image_id).limit(1), session)).first()
             if found is not None:
                 return found
             continue
@@ -149,7 +150,7 @@ def _first_of_label(session: Session, base, *, order: QueueOrder, label: str) ->
         stmt = stmt.order_by(Review.flag_count.desc(), Review.image_id)  # reads ix_review_risk
     else:
         stmt = stmt.order_by(Review.image_id)
-    return session.exec(stmt.limit(1)).first()
+    return session.exec(lock_for_claim(stmt.limit(1), session)).first()
 
 
 def _labels_by_need(session: Session, *, targets: dict[str, int] | None) -> list[str]:
@@ -220,7 +221,7 @@ def decide(
     now = now or utcnow()
     if not reviewer or not reviewer.strip():
         raise InvalidActionError("Choose a reviewer name first.")
-    review = session.get(Review, image_id)
+    review = lock_row(session, Review, image_id)
     if review is None:
         raise InvalidActionError(f"No item with image id {image_id}.")
     if review.version != expected_version:
@@ -283,7 +284,7 @@ def undo_last(session: Session, *, reviewer: str, now: datetime | None = None) -
     ).first()
     if latest.id != event.id:
         raise StaleWriteError(f"Item {event.image_id} was changed after your decision; it cannot be undone.")
-    review = session.get(Review, event.image_id)
+    review = lock_row(session, Review, event.image_id)
     prior = session.exec(
         select(ReviewEvent).where(ReviewEvent.image_id == event.image_id, ReviewEvent.id < event.id,
                                   ReviewEvent.undone.is_(False), ReviewEvent.action != ReviewAction.undo)
@@ -325,7 +326,7 @@ def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime 
                ttl: timedelta = CLAIM_TTL) -> ReviewItem:
     """Open one chosen item for `reviewer` (e.g. from Browse); refused while someone else holds it."""
     now = now or utcnow()
-    review = session.get(Review, image_id)
+    review = lock_row(session, Review, image_id)
     if review is None:
         raise InvalidActionError(f"No item with image id {image_id}.")
     if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:

@@ -11,5 +11,20 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "warning: chromium not found (apt-get install chromium); browser tests will be skipped" >&2
   fi
 fi
+# A throw-away PostgreSQL server for the store tests that run on both backends (scripts/postgres.sh
+# installs Debian's postgresql package when missing); stopped and deleted when the tests end.
+if [ -z "${CAPSTUDIO_TEST_POSTGRES_URL:-}" ]; then
+  pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/capstudio-pg.XXXXXX")
+  chmod 755 "$pg_dir"  # the server runs as `postgres` when we are root
+  trap 'bash scripts/postgres.sh stop "$pg_dir/pg"; rm -rf "$pg_dir"' EXIT
+  if pg_url=$(bash scripts/postgres.sh start "$pg_dir/pg"); then
+    export CAPSTUDIO_TEST_POSTGRES_URL=$pg_url
+  elif [ -n "${CI:-}" ]; then
+    echo "error: could not start PostgreSQL; the PostgreSQL tests cannot run" >&2
+    exit 1
+  else
+    echo "warning: could not start PostgreSQL; its tests will be skipped" >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"

@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh settings object and a migrated SQLite store per test."""
+"""Shared fixtures: a fresh settings object and a migrated store per test.
+
+The store is SQLite unless a test runs with `backend` = "postgresql" (use `both_backends`, or
+`pytestmark = both_backends` for a whole module): then it is a fresh database on the session's
+real PostgreSQL server (tests/pg.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,20 +15,44 @@ from pipeline.settings import Settings
 # Session fixtures of the student tests, registered here once so every module shares one
 # tiny base and one memorised student.
 from tests.conftest_student import cifar20_snapshot, memorised_student, tiny_phi3  # noqa: F401
+from tests.pg import pg_server  # noqa: F401  (the session's PostgreSQL server)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 BUNDLED = REPO / "pipeline" / "assets" / "cifar10"
 
 
+BACKENDS = ("sqlite", "postgresql")
+both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+"""Run a store-level test on SQLite and on the real PostgreSQL server."""
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", _env_file=None)
+def backend(request) -> str:
+    """Which database the test's store lives in: "sqlite" unless parametrized (both_backends)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend: str, request) -> str | None:
+    """None for SQLite (the store goes in the data folder); a fresh, migrated PostgreSQL database otherwise."""
+    if backend == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.migrated_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, _env_file=None)
 
 
 @pytest.fixture
 def engine(settings: Settings):
-    """A migrated, empty SQLite store in the test's data folder."""
+    """A migrated, empty store (SQLite in the test's data folder, or a PostgreSQL database)."""
     eng = init_store(settings.resolved_database_url)
     yield eng
     eng.dispose()

@@ -30,7 +30,7 @@ from pipeline.data.export import (
 from pipeline.data.snapshot import list_snapshots, read_snapshot
 from pipeline.jobs import start_job, wait_for_job
 from pipeline.settings import Settings
-from tests.conftest import REPO, seed_images
+from tests.conftest import REPO, both_backends, seed_images
 
 
 def seed(engine, labels: dict[str, int]) -> list[int]:
@@ -52,8 +52,9 @@ def approve_all(engine, ids: list[int]) -> None:
 
 
 @pytest.fixture
-def small(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", target_per_class=2, _env_file=None)
+def small(tmp_path, database_url) -> Settings:
+    """SQLite in the data folder, or (tests marked both_backends) a fresh PostgreSQL database."""
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, target_per_class=2, _env_file=None)
 
 
 @pytest.fixture
@@ -66,6 +67,7 @@ def store(small):
     eng.dispose()
 
 
+@both_backends
 def test_only_approved_pairs_are_exported_with_final_captions(small, store):
     ids = seed(store, {"cat": 4, "dog": 4})
     act(store, ids[0], ReviewAction.approve)
@@ -102,6 +104,7 @@ def _hash_from_files(path: Path) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
+@both_backends
 def test_same_approved_set_gives_same_hash_and_a_new_snapshot(small, store):
     ids = seed(store, {"cat": 3, "ship": 3})
     approve_all(store, ids[:5])
@@ -137,6 +140,7 @@ def test_the_read_only_check_sees_a_writable_file_even_as_root(small, store):
     assert _writable_files(snap.path) == ["manifest.json"]
 
 
+@both_backends
 def test_below_target_is_refused_unless_overridden(small, store):
     ids = seed(store, {"cat": 3, "dog": 1})
     approve_all(store, ids)
@@ -152,6 +156,7 @@ def test_below_target_is_refused_unless_overridden(small, store):
     assert manifest["provenance"]["exported_by"] == "lead"
 
 
+@both_backends
 def test_balanced_set_exports_without_override(small, store):
     from pipeline.classes import CLASSES
 
@@ -161,12 +166,14 @@ def test_balanced_set_exports_without_override(small, store):
     assert read_snapshot(result.path).manifest["provenance"]["balance"]["overridden"] is False
 
 
+@both_backends
 def test_nothing_approved_is_an_error(small, store):
     seed(store, {"cat": 2})
     with pytest.raises(ExportError, match="Nothing is approved"):
         export_snapshot(small, store, override_balance=True)
 
 
+@both_backends
 def test_crash_midway_leaves_no_partial_snapshot(small, store, monkeypatch):
     ids = seed(store, {"cat": 4, "dog": 4})
     approve_all(store, ids)
@@ -209,10 +216,12 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@both_backends
 def test_killed_export_leaves_nothing_visible(small, store):
     approve_all(store, seed(store, {"cat": 3, "dog": 3}))
+    env = {**os.environ, **({"CAPSTUDIO_DATABASE_URL": small.database_url} if small.database_url else {})}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(small.data_dir)], cwd=REPO,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=120, env=env)
     assert proc.returncode == -9, proc.stderr.decode()
     assert list_snapshots(small.exports_dir) == [] and list_exports(small, store) == []
     leftovers = list(small.exports_dir.iterdir())
@@ -252,6 +261,7 @@ def test_zip_is_deterministic_and_complete(small, store):
     assert manifest["content_hash"] == result.content_hash
 
 
+@both_backends
 def test_list_exports_newest_first_with_lineage(small, store):
     approve_all(store, seed(store, {"cat": 2, "dog": 2}))
     a = export_snapshot(small, store, override_balance=True)
@@ -265,10 +275,13 @@ def test_list_exports_newest_first_with_lineage(small, store):
     assert listed[0].counts_per_class == {"cat": 2, "dog": 2}
 
 
+@both_backends
 def test_cli_export_refuses_then_overrides(small, store, monkeypatch):
     approve_all(store, seed(store, {"cat": 2}))
     monkeypatch.setenv("CAPSTUDIO_DATA_DIR", str(small.data_dir))
     monkeypatch.setenv("CAPSTUDIO_TARGET_PER_CLASS", "2")
+    if small.database_url:
+        monkeypatch.setenv("CAPSTUDIO_DATABASE_URL", small.database_url)
     runner = CliRunner()
     refused = runner.invoke(app, ["export"])
     assert refused.exit_code == 2 and "below the target" in refused.output
@@ -278,6 +291,7 @@ def test_cli_export_refuses_then_overrides(small, store, monkeypatch):
     assert read_snapshot(Path(out["path"])).manifest["split_counts"] == {"train": 1, "validation": 1}
 
 
+@both_backends
 def test_export_runs_as_a_job(small, store):
     approve_all(store, seed(store, {"cat": 2, "dog": 2}))
     job_id = start_job(small, kind=JobKind.export, argv=["export", "--override-balance"], params={})

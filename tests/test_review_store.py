@@ -28,7 +28,9 @@ from db.review import (
     release_claims,
     undo_last,
 )
-from tests.conftest import BUNDLED, seed_images
+from tests.conftest import BUNDLED, both_backends, seed_images
+
+pytestmark = both_backends  # every test here runs on SQLite and on a real PostgreSQL
 
 
 def seed(engine, labels: dict[str, int]) -> list[int]:

@@ -22,4 +22,4 @@ for col, (state, n) in zip(cols[2:], overview.states.items()):
 
 st.subheader("Progress toward the target")
 progress_panel(overview.progress)
-st.caption(f"Store: {settings.resolved_database_url} · data folder: {settings.data_dir}")
+st.caption(f"Store: {settings.display_database_url} · data folder: {settings.data_dir}")

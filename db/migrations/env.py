@@ -12,7 +12,8 @@ target_metadata = SQLModel.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    batch = url.startswith("sqlite")
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=batch)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -20,7 +21,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = engine_from_config({"sqlalchemy.url": url}, prefix="sqlalchemy.", poolclass=pool.NullPool)
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # batch mode (copy-and-move tables) only where ALTER TABLE is limited: SQLite
+        batch = connection.dialect.name == "sqlite"
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=batch)
         with context.begin_transaction():
             context.run_migrations()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.cli.compare import compare
+from pipeline.cli.db import db_app
 from pipeline.cli.export import export
 from pipeline.cli.store import build_tiny, caption, import_, init, status
 from pipeline.cli.student import evaluate_command, train_command
@@ -29,3 +30,4 @@ app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command()(compare)
 app.add_typer(users, name="users")
+app.add_typer(db_app, name="db")

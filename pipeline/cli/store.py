@@ -209,10 +209,10 @@ def init(
             n_images = s.exec(select(func.count()).select_from(Image)).one()
         if n_images == 0 and n_per_class > 0:
             summary = import_images(engine, source=ImportSource.bundled, n_per_class=n_per_class)
-            typer.echo(f"store created at {settings.resolved_database_url}; "
+            typer.echo(f"store created at {settings.display_database_url}; "
                        f"imported {summary.added} bundled CIFAR-10 examples")
         else:
-            typer.echo(f"store ready at {settings.resolved_database_url} ({n_images} images)")
+            typer.echo(f"store ready at {settings.display_database_url} ({n_images} images)")
     finally:
         engine.dispose()
     typer.echo("next: draft captions from the app's Jobs page, or `python -m pipeline caption`")

@@ -190,3 +190,6 @@ def downgrade() -> None:
 
     op.drop_table('image')
     # ### end Alembic commands ###
+    # PostgreSQL keeps a table's enum types when the table is dropped (SQLite has none)
+    for name in ('reviewaction', 'rejectreason', 'reviewstate', 'jobstatus', 'jobkind', 'sourcekind'):
+        sa.Enum(name=name).drop(op.get_bind(), checkfirst=True)

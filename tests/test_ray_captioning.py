@@ -1,0 +1,126 @@
+"""Captioning on a real local Ray (2 teacher workers): the same drafts as the local engine, and a
+driver killed midway then rerun leaves exactly one draft per image."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+
+from db.engine import init_store, session_scope
+from db.models import Draft, Image
+from pipeline.data.sources import ImportSource, import_images
+from pipeline.settings import Settings
+from pipeline.teacher.drafting import CaptionRequest, run_captioning
+from pipeline.teacher.model import GenerationParams, load_teacher
+from pipeline.tiny import build_tiny_teacher
+from tests.conftest import REPO
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
+
+ASSETS = REPO / "tests" / "assets" / "smolvlm_processor"
+GREEDY = GenerationParams(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for the module (start-up is the slow part)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_teacher(tmp_path_factory.mktemp("tiny") / "teacher", processor_dir=ASSETS)
+
+
+def _store(root, n_per_class: int):
+    settings = Settings(data_dir=root, _env_file=None)
+    engine = init_store(settings.resolved_database_url)
+    import_images(engine, source=ImportSource.bundled, n_per_class=n_per_class)
+    return settings, engine
+
+
+def _drafts(engine) -> dict[str, list[tuple[str, dict]]]:
+    """{image content hash: [(text, generation params)]} (ids differ between stores)."""
+    with session_scope(engine) as s:
+        rows = s.exec(select(Image.content_hash, Draft.text, Draft.generation_params, Draft.model_revision)
+                      .join(Draft, Draft.image_id == Image.id).order_by(Draft.id)).all()
+    out: dict[str, list] = {}
+    for h, text, gen, rev in rows:
+        out.setdefault(h, []).append((text, gen, rev))
+    return out
+
+
+def test_ray_drafts_equal_the_local_engines_image_for_image(local_ray, tiny_dir, tmp_path):
+    from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray
+
+    request = CaptionRequest(params=GREEDY, batch_size=4)
+    _, local_engine = _store(tmp_path / "local", 2)
+    teacher = load_teacher(str(tiny_dir), device="cpu", dtype="float32")
+    local = run_captioning(local_engine, teacher, request)
+    _, ray_engine = _store(tmp_path / "ray", 2)
+    seen = []
+    summary = run_captioning_ray(ray_engine, request, model=str(tiny_dir), device="cpu", dtype="float32",
+                                 options=RayOptions(workers=2), on_progress=lambda d, t: seen.append((d, t)))
+    assert local.written == summary.written == summary.total == 20
+    assert seen[0] == (0, 20) and seen[-1] == (20, 20)
+    want, got = _drafts(local_engine), _drafts(ray_engine)
+    assert set(got) == set(want) and all(len(v) == 1 for v in got.values())
+    assert got == want  # same text, same provenance (model revision, greedy params, batch size)
+    assert len({text for v in got.values() for text, _, _ in v}) > 1  # real, image-dependent drafts
+    # a second run finds nothing to do
+    again = run_captioning_ray(ray_engine, request, model=str(tiny_dir), device="cpu", dtype="float32",
+                               options=RayOptions(workers=2))
+    assert again.total == again.written == 0
+    local_engine.dispose(), ray_engine.dispose()
+
+
+def _count(engine) -> tuple[int, int]:
+    with session_scope(engine) as s:
+        n = s.exec(select(func.count()).select_from(Draft)).one()
+        distinct = s.exec(select(func.count(Draft.image_id.distinct()))).one()
+    return n, distinct
+
+
+def test_a_driver_killed_midway_and_rerun_leaves_one_draft_per_image(local_ray, tiny_dir, tmp_path):
+    """The CLI joins the running Ray as a cluster (--ray-address), is killed with SIGKILL once
+    some drafts are in, then rerun: every image ends with exactly one draft."""
+    settings, engine = _store(tmp_path / "store", 3)
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(settings.data_dir), "PYTHONPATH": str(REPO),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    argv = [sys.executable, "-m", "pipeline", "caption", "--engine", "ray", "--ray-address", local_ray,
+            "--workers", "2", "--teacher-model", str(tiny_dir), "--dtype", "float32", "--batch-size", "2",
+            "--max-new-tokens", "40"]
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _count(engine)[0] == 0 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at, _ = _count(engine)
+    assert 0 < killed_at < 30, f"kill landed at {killed_at} drafts: {first.stderr.read()[-2000:]}"
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"wrote {30 - killed_at} drafts for {30 - killed_at} images" in rerun.stdout
+    assert _count(engine) == (30, 30)
+    engine.dispose()
+
+
+def test_the_default_engine_needs_no_ray():
+    """`pipeline caption` (local engine) and the job module import without Ray."""
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import pipeline.cli, pipeline.jobs, pipeline.teacher.drafting\n"
+            "from pipeline.teacher.ray_engine import import_ray\n"
+            "try:\n    import_ray()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert "TeacherError" in out.stdout and "pip install -r requirements-ray.txt" in out.stdout

@@ -37,7 +37,7 @@ class Settings(StoreSettings):
     """local: every job is a child process here; ray: captioning on Ray Data, compare/evaluate as Ray
     tasks, training under torchrun with `train_nproc` processes (needs requirements-ray.txt)."""
     ray_address: str | None = None
-    """Ray cluster to join (e.g. ray://head:10001); unset: a local Ray per job."""
+    """Ray cluster to join (auto, or HEAD:6379; see README); unset: a local Ray per job."""
     ray_workers: int = 2
     """Teacher workers of a Ray captioning job."""
     ray_gpus_per_worker: float = 0.0

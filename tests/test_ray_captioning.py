@@ -124,3 +124,39 @@ def test_the_default_engine_needs_no_ray():
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert "TeacherError" in out.stdout and "pip install -r requirements-ray.txt" in out.stdout
+
+
+def test_a_ray_backend_caption_job_reports_cancels_and_resumes(local_ray, tiny_dir, tmp_path):
+    """CAPSTUDIO_JOB_BACKEND=ray: the app's caption job runs on Ray; its row gets the progress, a
+    cancel stops the Ray work, and a second job finishes with one draft per image."""
+    from db.jobs import get_job, request_cancel
+    from db.models import JobKind, JobStatus
+    from pipeline.jobs import job_command, start_job, wait_for_job
+    from pipeline.settings import JobBackend
+
+    settings = Settings(data_dir=tmp_path / "data", job_backend=JobBackend.ray, ray_address=local_ray,
+                        ray_workers=2, teacher_model=str(tiny_dir), _env_file=None)
+    assert job_command(settings, JobKind.caption, ["caption"])[:6] == ["-m", "pipeline", "caption", "--engine",
+                                                                         "ray", "--workers"]
+    _, engine = _store(settings.data_dir, 3)
+    argv = ["caption", "--teacher-model", str(tiny_dir), "--dtype", "float32", "--batch-size", "2",
+            "--max-new-tokens", "40"]
+    first = start_job(settings, kind=JobKind.caption, argv=argv, params={})
+    deadline = time.monotonic() + 240
+    while _count(engine)[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with session_scope(engine) as s:
+        request_cancel(s, job_id=first)
+    job = wait_for_job(settings, first, timeout_s=240)
+    assert job.status == JobStatus.cancelled, job.error
+    stopped_at, _ = _count(engine)
+    assert 0 < stopped_at < 30
+    time.sleep(2)
+    assert _count(engine)[0] == stopped_at  # nothing is written after the cancel
+    second = wait_for_job(settings, start_job(settings, kind=JobKind.caption, argv=argv, params={}), timeout_s=300)
+    assert second.status == JobStatus.done, second.error
+    assert second.result["written"] == 30 - stopped_at and second.done == second.total == 30 - stopped_at
+    with session_scope(engine) as s:
+        assert "on Ray" in get_job(s, job_id=first).message
+    assert _count(engine) == (30, 30)
+    engine.dispose()

@@ -119,7 +119,7 @@ def caption(
     engine: CaptionEngine = typer.Option(
         CaptionEngine.local, help="local: this process; ray: a pool of teacher workers on Ray Data."),
     ray_address: str | None = typer.Option(
-        None, help="--engine ray: cluster to join (e.g. ray://head:10001 or auto); default: a local Ray."),
+        None, help="--engine ray: cluster to join (auto, or HEAD:6379 after `ray start --address`); default: local."),
     workers: int = typer.Option(2, min=1, help="--engine ray: teacher workers (each loads the teacher once)."),
     gpus_per_worker: float = typer.Option(0.0, min=0, help="--engine ray: GPUs per worker (0: CPU workers)."),
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),

@@ -45,7 +45,7 @@ class RayOptions:
     """Where and how wide the Ray captioning runs."""
 
     address: str | None = None
-    """An existing cluster to join (`ray://host:10001` or `host:6379`, or 'auto'); None starts a local Ray."""
+    """An existing cluster to join ('auto' or HEAD:6379 once this machine ran `ray start --address`); None: local."""
     workers: int = 2
     """Teacher actors (each loads the teacher once)."""
     gpus_per_worker: float = 0.0

@@ -46,7 +46,7 @@ def bench_local(model: str, request: CaptionRequest, root: Path, n: int, threads
     teacher = load_teacher(model, device="cpu", dtype="float32")
     load_s = time.perf_counter() - t0
     summary = run_captioning(engine, teacher, request)
-    emit(engine="local", threads=threads, images=summary.written, load_s=round(load_s, 2),
+    emit(engine="local", model=Path(model).name, threads=threads, images=summary.written, load_s=round(load_s, 2),
          images_per_s=round(summary.images_per_s, 3))
     engine.dispose()
 
@@ -63,7 +63,8 @@ def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, work
     wall = time.perf_counter() - t0
     done = [(t, d) for t, d in stamps if d > 0]
     steady = (done[-1][1] - done[0][1]) / (done[-1][0] - done[0][0]) if len(done) > 1 else None
-    emit(engine="ray", workers=workers, threads_per_worker=1, images=summary.written, wall_s=round(wall, 2),
+    emit(engine="ray", model=Path(model).name, workers=workers, threads_per_worker=1, images=summary.written,
+         wall_s=round(wall, 2),
          images_per_s=round(summary.written / wall, 3),
          steady_images_per_s=round(steady, 3) if steady else None,
          first_batch_s=round(done[0][0] - t0, 2) if done else None)
@@ -72,7 +73,8 @@ def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, work
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--images", type=int, default=24, help="images per run with the tiny teacher")
+    ap.add_argument("--full-images", type=int, default=8, help="images per run with the full-size teacher")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--models", default="tiny,full")
@@ -86,20 +88,21 @@ def main() -> None:
         models["tiny"] = str(build_tiny_teacher(work / "tiny", processor_dir=find_smolvlm_processor_dir()))
     if "full" in args.models:
         models["full"] = str(build_random_smolvlm(args.full_dir))
-    request = CaptionRequest(params=GenerationParams(max_new_tokens=args.new_tokens), batch_size=args.batch_size,
-                             limit=args.images)
+    params = GenerationParams(max_new_tokens=args.new_tokens)
     emit(machine=os.uname().nodename, cores=os.cpu_count(), ray=ray.__version__, images=args.images,
          new_tokens=args.new_tokens, batch_size=args.batch_size)
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     emit(ray_init_s=round(time.perf_counter() - t0, 2))
     for name, model in models.items():
+        n = args.images if name == "tiny" else args.full_images
+        request = CaptionRequest(params=params, batch_size=args.batch_size, limit=n)
         for threads in (1, 2):
             print(f"# {name}: local engine, {threads} thread(s)", file=sys.stderr)
-            bench_local(model, request, work / f"{name}-local-{threads}", args.images, threads)
+            bench_local(model, request, work / f"{name}-local-{threads}", n, threads)
         for workers in (1, 2):
             print(f"# {name}: ray, {workers} worker(s)", file=sys.stderr)
-            bench_ray(ray, model, request, work / f"{name}-ray-{workers}", args.images, workers)
+            bench_ray(ray, model, request, work / f"{name}-ray-{workers}", n, workers)
     ray.shutdown()
 
 

@@ -51,6 +51,32 @@ def _assert_close(got: dict, want: dict) -> None:
     assert moved > 0
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) if p.name.isdigit() else None
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process we started and everything under it, all at once (like a power cut)."""
+    for p in [pid, *_descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny_phi3, cifar20_snapshot) -> Path:
     from pipeline.student.train import train
@@ -96,7 +122,7 @@ def test_a_killed_two_process_run_resumes(one_process, tiny_phi3, cifar20_snapsh
     while not (out / "checkpoints" / "step-000002" / "state.json").is_file() and first.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)  # the launcher, torchrun and both ranks
+    _kill_tree(first.pid)  # the launcher, torchrun and both ranks (torchrun gives them their own sessions)
     first.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
     ckpt = sorted((out / "checkpoints").glob("step-*"))

@@ -24,6 +24,7 @@ from db.engine import init_store  # noqa: E402
 from pipeline.data.sources import ImportSource, import_images  # noqa: E402
 from pipeline.teacher.drafting import CaptionRequest, run_captioning  # noqa: E402
 from pipeline.teacher.model import GenerationParams, load_teacher  # noqa: E402
+from pipeline.teacher.ray_engine import RayOptions, local_ray_args, run_captioning_ray  # noqa: E402
 from pipeline.tiny import build_tiny_teacher, find_smolvlm_processor_dir  # noqa: E402
 
 
@@ -52,8 +53,6 @@ def bench_local(model: str, request: CaptionRequest, root: Path, n: int, threads
 
 
 def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> None:  # noqa: ANN001
-    from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray
-
     engine = fresh_store(root, n)
     stamps: list[tuple[float, int]] = []
     t0 = time.perf_counter()
@@ -92,7 +91,7 @@ def main() -> None:
     emit(machine=os.uname().nodename, cores=os.cpu_count(), ray=ray.__version__, images=args.images,
          new_tokens=args.new_tokens, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(**local_ray_args(num_cpus=2))
     emit(ray_init_s=round(time.perf_counter() - t0, 2))
     for name, model in models.items():
         n = args.images if name == "tiny" else args.full_images

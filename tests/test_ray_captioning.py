@@ -31,7 +31,9 @@ GREEDY = GenerationParams(max_new_tokens=12)
 @pytest.fixture(scope="module")
 def local_ray():
     """One small local Ray for the module (start-up is the slow part)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.teacher.ray_engine import local_ray_args
+
+    ray.init(**local_ray_args(num_cpus=2))
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

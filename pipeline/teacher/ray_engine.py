@@ -95,10 +95,16 @@ def connect(ray, options: RayOptions) -> bool:  # noqa: ANN001
         ray.init(address=options.address, log_to_driver=False, runtime_env={
             "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "db")]})
     else:
-        ray.init(num_cpus=options.workers * options.cpus_per_worker,
-                 num_gpus=int(options.workers * options.gpus_per_worker + 0.999) or None,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(**local_ray_args(num_cpus=options.workers * options.cpus_per_worker,
+                                  num_gpus=int(options.workers * options.gpus_per_worker + 0.999) or None))
     return True
+
+
+def local_ray_args(*, num_cpus: int, num_gpus: int | None = None) -> dict:
+    """`ray.init` arguments for a small local Ray: no dashboard, and a patient raylet (on a loaded
+    machine its agent processes take longer than the default 30 s to start, and it gives up)."""
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False, "log_to_driver": False,
+            "_system_config": {"agent_register_timeout_ms": 300_000}}
 
 
 def _blocks(ray, engine: Engine, todo: list[int], per_block: int) -> list:  # noqa: ANN001

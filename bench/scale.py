@@ -24,7 +24,7 @@ from db.engine import init_store  # noqa: E402
 from pipeline.data.sources import ImportSource, import_images  # noqa: E402
 from pipeline.teacher.drafting import CaptionRequest, run_captioning  # noqa: E402
 from pipeline.teacher.model import GenerationParams, load_teacher  # noqa: E402
-from pipeline.teacher.ray_engine import RayOptions, local_ray_args, run_captioning_ray  # noqa: E402
+from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray, start_local_ray  # noqa: E402
 from pipeline.tiny import build_tiny_teacher, find_smolvlm_processor_dir  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def main() -> None:
     emit(machine=os.uname().nodename, cores=os.cpu_count(), ray=ray.__version__, images=args.images,
          new_tokens=args.new_tokens, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    ray.init(**local_ray_args(num_cpus=2))
+    start_local_ray(ray, num_cpus=2)
     emit(ray_init_s=round(time.perf_counter() - t0, 2))
     for name, model in models.items():
         n = args.images if name == "tiny" else args.full_images

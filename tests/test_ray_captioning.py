@@ -31,9 +31,9 @@ GREEDY = GenerationParams(max_new_tokens=12)
 @pytest.fixture(scope="module")
 def local_ray():
     """One small local Ray for the module (start-up is the slow part)."""
-    from pipeline.teacher.ray_engine import local_ray_args
+    from pipeline.teacher.ray_engine import start_local_ray
 
-    ray.init(**local_ray_args(num_cpus=2))
+    start_local_ray(ray, num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -95,16 +95,23 @@ def connect(ray, options: RayOptions) -> bool:  # noqa: ANN001
         ray.init(address=options.address, log_to_driver=False, runtime_env={
             "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "db")]})
     else:
-        ray.init(**local_ray_args(num_cpus=options.workers * options.cpus_per_worker,
-                                  num_gpus=int(options.workers * options.gpus_per_worker + 0.999) or None))
+        start_local_ray(ray, num_cpus=options.workers * options.cpus_per_worker,
+                        num_gpus=int(options.workers * options.gpus_per_worker + 0.999) or None)
     return True
 
 
-def local_ray_args(*, num_cpus: int, num_gpus: int | None = None) -> dict:
-    """`ray.init` arguments for a small local Ray: no dashboard, and a patient raylet (on a loaded
-    machine its agent processes take longer than the default 30 s to start, and it gives up)."""
-    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False, "log_to_driver": False,
-            "_system_config": {"agent_register_timeout_ms": 300_000}}
+def start_local_ray(ray, *, num_cpus: int, num_gpus: int | None = None, attempts: int = 3) -> None:  # noqa: ANN001
+    """A small local Ray: no dashboard, a patient raylet, and another try when it does not come up
+    in time (on a loaded machine its agent processes can take longer than Ray's 30 s to start)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                     _system_config={"agent_register_timeout_ms": 300_000, "raylet_start_wait_time_s": 300})
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node is late
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
 
 
 def _blocks(ray, engine: Engine, todo: list[int], per_block: int) -> list:  # noqa: ANN001

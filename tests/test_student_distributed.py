@@ -96,6 +96,7 @@ def test_torchrun_argv_keeps_the_command_and_fixes_the_folder(tmp_path):
     assert argv[5:] == ["-m", "pipeline", "train", "--snapshot", "s", "--seed", "1", "--out", str(tmp_path / "o")]
 
 
+@pytest.mark.timeout(1200)  # two interpreters each load torch, transformers and a 4-bit base
 def test_two_processes_match_one_process_on_the_same_global_batch(one_process, tiny_phi3, cifar20_snapshot,
                                                                  tmp_path):
     out = tmp_path / "two"
@@ -113,6 +114,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(one_process, t
     assert two == pytest.approx(one, rel=1e-4)  # rank 0 logs the global batch's loss
 
 
+@pytest.mark.timeout(1200)  # two torchrun launches (killed, resumed) of two ranks each
 def test_a_killed_two_process_run_resumes(one_process, tiny_phi3, cifar20_snapshot, tmp_path):
     out = tmp_path / "killed"
     argv = _cli(cifar20_snapshot, tiny_phi3, out, 2)

@@ -61,6 +61,7 @@ def _drafts(engine) -> dict[str, list[tuple[str, dict]]]:
     return out
 
 
+@pytest.mark.timeout(1200)  # Ray actors each import torch and load a teacher: minutes on a loaded machine
 def test_ray_drafts_equal_the_local_engines_image_for_image(local_ray, tiny_dir, tmp_path):
     from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray
 
@@ -113,6 +114,7 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.timeout(1200)  # Ray actors each import torch and load a teacher: minutes on a loaded machine
 def test_a_worker_killed_midway_leaves_one_draft_per_image(local_ray, tiny_dir, tmp_path):
     """SIGKILL one teacher actor once drafts are coming in: Ray restarts it and retries its batch,
     the run ends with every image drafted exactly once."""
@@ -149,6 +151,7 @@ def test_the_default_engine_needs_no_ray():
     assert "TeacherError" in out.stdout and "pip install -r requirements-ray.txt" in out.stdout
 
 
+@pytest.mark.timeout(1200)  # Ray actors each import torch and load a teacher: minutes on a loaded machine
 def test_a_ray_backend_caption_job_reports_cancels_and_resumes(local_ray, tiny_dir, tmp_path):
     """CAPSTUDIO_JOB_BACKEND=ray: the app's caption job runs on Ray; its row gets the progress, a
     cancel stops the Ray work, and a second job finishes with one draft per image."""
@@ -161,6 +164,10 @@ def test_a_ray_backend_caption_job_reports_cancels_and_resumes(local_ray, tiny_d
                         ray_workers=2, teacher_model=str(tiny_dir), _env_file=None)
     assert job_command(settings, JobKind.caption, ["caption"])[:6] == ["-m", "pipeline", "caption", "--engine",
                                                                          "ray", "--workers"]
+    assert job_command(settings, JobKind.compare, ["compare"]) == ["-m", "pipeline.remote", "compare"]
+    assert job_command(settings.model_copy(update={"train_nproc": 4}), JobKind.train, ["train"])[-2:] == [
+        "--nproc", "4"]
+    assert job_command(Settings(_env_file=None), JobKind.caption, ["caption"]) == ["-m", "pipeline", "caption"]
     _, engine = _store(settings.data_dir, 3)
     argv = ["caption", "--teacher-model", str(tiny_dir), "--dtype", "float32", "--batch-size", "2",
             "--max-new-tokens", "40"]

@@ -4,6 +4,7 @@ Build it at an entry point (`Settings()`) and pass it down; nothing deeper reads
 """
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 from db.config import StoreSettings
@@ -12,6 +13,13 @@ from pipeline.identity import AuthMode, Role
 
 DEFAULT_TEACHER = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_STUDENT = "microsoft/Phi-3-mini-4k-instruct"
+
+
+class JobBackend(str, enum.Enum):
+    """Where background jobs run: child processes of this machine, or Ray (pipeline/jobs.py)."""
+
+    local = "local"
+    ray = "ray"
 
 
 class Settings(StoreSettings):
@@ -42,6 +50,17 @@ class Settings(StoreSettings):
     """Wrong passwords in a row before the account is locked."""
     auth_lockout_minutes: float = 15.0
     """How long a locked account stays locked."""
+    job_backend: JobBackend = JobBackend.local
+    """local: every job is a child process here; ray: captioning on Ray Data, compare/evaluate as Ray
+    tasks, training under torchrun with `train_nproc` processes (needs requirements-ray.txt)."""
+    ray_address: str | None = None
+    """Ray cluster to join (auto, or HEAD:6379; see README); unset: a local Ray per job."""
+    ray_workers: int = 2
+    """Teacher workers of a Ray captioning job."""
+    ray_gpus_per_worker: float = 0.0
+    """GPUs per Ray teacher worker and per Ray compare/evaluate task."""
+    train_nproc: int = 1
+    """Data-parallel training processes (torchrun) of a train job under the ray backend."""
 
     @property
     def exports_dir(self) -> Path:

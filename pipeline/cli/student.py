@@ -47,6 +47,7 @@ def train_command(
     device: str | None = typer.Option(None, help="cpu, cuda or auto; default from settings."),
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
     overrides: dict | None = None,
+    nproc: int = typer.Option(1, min=1, help="Data-parallel processes here (torchrun; gloo on CPU, nccl on GPU)."),
 ) -> None:
     """Train a student (QLoRA + patch projector) on an export snapshot; resumes if interrupted."""
     from pipeline.data.snapshot import read_snapshot
@@ -61,7 +62,16 @@ def train_command(
     if out is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = settings.students_dir / f"student-{read_snapshot(snapshot).snapshot_id}-{stamp}"
-    with JobReporter(settings, job_id) as job:
+    if nproc > 1:  # re-run this command under torchrun; rank 0 reports to the job row
+        import sys
+
+        from pipeline.student.distributed import launch
+
+        raise typer.Exit(launch(sys.argv[1:], nproc=nproc, out=out))
+    from pipeline.student.distributed import ranks_from_env
+
+    main = ranks_from_env().is_main  # under torchrun: only rank 0 talks to the job row and prints
+    with JobReporter(settings, job_id if main else None) as job:
         def report(step: int, total: int, row: dict) -> None:
             loss = row.get("train_loss")
             job.progress(step, total, f"step {step}/{total}" + (f" · loss {loss:.3f}" if loss is not None else ""),
@@ -71,8 +81,10 @@ def train_command(
                         device=device or settings.resolved_device(), on_progress=report,
                         should_stop=job.should_stop)
         job.result = {"student": str(out), "status": metrics.get("status")}
-        if metrics.get("status") == "stopped":
+        if metrics.get("status") == "stopped" and main:
             raise JobCancelled(f"training stopped at step {metrics.get('optimizer_steps')}; resume with --out {out}")
+    if not main:
+        return
     typer.echo(json.dumps({"student": str(out), **{k: metrics.get(k) for k in
                            ("status", "optimizer_steps", "total_steps", "final_val_loss")}}))
 

@@ -20,6 +20,7 @@ import torch
 
 from pipeline.data.snapshot import SnapshotRecord, read_snapshot
 from pipeline.hardware import cpu_has_bf16, resolve_device
+from pipeline.student import distributed as ddp
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.student.loader import build_student, save_student
@@ -121,7 +122,8 @@ def train(
     """Train (or resume) a student on a snapshot's train split; returns metrics.json's content.
 
     A stopped run (should_stop() -> True) checkpoints and returns {"status": "stopped", ...};
-    calling train again with the same out_dir resumes from the latest checkpoint.
+    calling train again with the same out_dir resumes from the latest checkpoint. Under torchrun
+    each rank trains on its share of every micro-batch (pipeline/student/distributed.py).
     """
     from tqdm.auto import tqdm
 
@@ -130,14 +132,22 @@ def train(
     snap = read_snapshot(Path(snapshot_dir))
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
-    _claim_folder(out_dir, snap, sc, tc)
-    device = resolve_device(device)
+    ranks, device = ddp.setup(resolve_device(device))
+    if ranks.active and tc.batch_size < ranks.world:
+        raise ValueError(f"batch_size {tc.batch_size} is smaller than the {ranks.world} processes")
+    if ranks.is_main:
+        _claim_folder(out_dir, snap, sc, tc)
+    if ranks.active:
+        ddp.barrier()
     random.seed(tc.seed), np.random.seed(tc.seed), torch.manual_seed(tc.seed)
     student = build_student(sc, dtype=compute_dtype(tc, device), device=device)
     if tc.gradient_checkpointing:
         student.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_data, val_data = _Data(student, snap.train), _Data(student, snap.validation)
     lora_params = [p for p in student.lm.parameters() if p.requires_grad]
+    trainable = lora_params + list(student.projector.parameters())
+    if ranks.active:
+        ddp.broadcast_params(trainable)
     optimizer = torch.optim.AdamW(
         [{"params": list(student.projector.parameters()), "lr": tc.lr_projector},
          {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
@@ -148,30 +158,42 @@ def train(
     if ckpt is not None:
         state = restore_checkpoint(ckpt=ckpt, student=student, optimizer=optimizer, scheduler=scheduler)
         step, sessions = state["step"], state.get("sessions", [])
-    curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step)
+    curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step, write=ranks.is_main)
     sessions.append({"start_step": step, "started_at": time.time()})
     student.train()
-    bar = tqdm(total=total, initial=step, desc="train", disable=not show_progress)
+    bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and ranks.is_main))
     status, last_val = "completed", None
 
     def checkpoint() -> None:
         sessions[-1]["end_step"] = step
-        save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
-                        out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
-        curve.plot(out_dir / "loss_curve.png")
+        if ranks.is_main:
+            save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
+                            out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
+            curve.plot(out_dir / "loss_curve.png")
+        if ranks.active:
+            ddp.barrier()
 
     while step < total:
-        if should_stop is not None and should_stop():
+        stop = should_stop is not None and ranks.is_main and should_stop()
+        if ranks.active:
+            stop = ddp.agree(stop, device)
+        if stop:
             status = "stopped"
             break
         t0, loss_sum = time.perf_counter(), 0.0
         for k in range(tc.grad_accum):
-            idx = micro_batch(step, k, len(snap.train), tc)
-            loss = student(**train_data.batch(idx, device, augment=tc.augment))
+            idx = ddp.shard(micro_batch(step, k, len(snap.train), tc), ranks)
+            batch = train_data.batch(idx, device, augment=tc.augment)
+            loss = student(**batch)
+            if ranks.active:  # so that the ranks' average is the global batch's mean loss
+                loss = loss * ddp.loss_weight(batch["labels"], ranks, device)
             (loss / tc.grad_accum).backward()
             loss_sum += loss.item() / tc.grad_accum
+        if ranks.active:
+            ddp.average_gradients(trainable, ranks)
+            loss_sum = ddp.average(loss_sum, ranks, device)
         if tc.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(lora_params + list(student.projector.parameters()), tc.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, tc.max_grad_norm)
         optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
         step += 1
         row = {"step": step, "train_loss": loss_sum, "lr_projector": scheduler.get_last_lr()[0],
@@ -179,7 +201,7 @@ def train(
         at_ckpt = tc.checkpoint_every and step % tc.checkpoint_every == 0
         if step == total or (tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and at_ckpt):
             last_val = row["val_loss"] = validation_loss(student, val_data, device=device,
-                                                         batch_size=tc.batch_size)
+                                                         batch_size=tc.batch_size) if ranks.is_main else None
         curve.append(row)
         bar.update(1), bar.set_postfix(loss=f"{loss_sum:.3f}")
         if on_progress is not None:
@@ -188,8 +210,9 @@ def train(
             checkpoint()
     bar.close()
     checkpoint()
-    if status == "stopped":
-        return {"status": "stopped", "step": step, "total_steps": total}
+    if status == "stopped" or not ranks.is_main:
+        ddp.teardown(ranks)
+        return {"status": status, "step": step, "total_steps": total} | ({"rank": ranks.rank} if ranks.active else {})
     save_student(student, out_dir)
     metrics = {
         "status": status, "optimizer_steps": step, "total_steps": total,
@@ -198,7 +221,10 @@ def train(
         "final_val_loss": last_val, "n_train": len(snap.train), "n_validation": len(snap.validation),
         "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
     }
+    if ranks.active:
+        metrics["processes"] = ranks.world
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ddp.teardown(ranks)
     return metrics
 
 
@@ -228,14 +254,17 @@ def _claim_folder(out_dir: Path, snap, sc: StudentConfig, tc: TrainConfig) -> No
 class _LossCurve:
     """loss_curve.jsonl, appended each step; rows past a resumed checkpoint are dropped."""
 
-    def __init__(self, path: Path, *, keep_until: int):
-        self.path = path
+    def __init__(self, path: Path, *, keep_until: int, write: bool = True):
+        self.path, self.write = path, write
         rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
         self.rows = [r for r in rows if r["step"] <= keep_until]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        if write:
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
+        if not self.write:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -25,10 +25,15 @@ st.dataframe(view.balance_table, hide_index=True, column_config={
 override = st.checkbox(
     "Export anyway, although some classes are below target", key="override_balance",
     disabled=view.balance.ok, help="The snapshot's manifest records that the balance was overridden.")
+include_weak = st.checkbox(
+    "Add the pending teacher drafts as a separate weak split", key="include_weak",
+    help="Unreviewed drafts go into their own `weak` split, never into train/validation; the student can "
+         "warm up on them or mix them in with a lower weight (Train page). Rejected drafts are never used.")
 if st.button("Export snapshot", type="primary", icon=":material/archive:", key="export_btn", shortcut="E",
              disabled=view.balance.total == 0):
     st.session_state["export_result"] = run_export(
-        settings, engine, override_balance=override, exported_by=current_reviewer() or None)
+        settings, engine, override_balance=override, exported_by=current_reviewer() or None,
+        include_weak=include_weak)
     st.rerun()
 
 st.subheader("Snapshots")

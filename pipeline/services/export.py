@@ -38,12 +38,14 @@ def export_view(settings: Settings, engine: Engine) -> ExportView:
 
 
 def run_export(settings: Settings, engine: Engine, *, override_balance: bool,
-               exported_by: str | None = None) -> tuple[bool, str]:
+               exported_by: str | None = None, include_weak: bool = False) -> tuple[bool, str]:
     """Write a snapshot now; (ok, message) — a balance or empty-store refusal is a message."""
     try:
-        result = export_snapshot(settings, engine, override_balance=override_balance, exported_by=exported_by)
+        result = export_snapshot(settings, engine, override_balance=override_balance, exported_by=exported_by,
+                                 include_weak=include_weak)
     except ExportError as err:
         return False, str(err)
+    weak = f" plus {result.n_weak} unreviewed teacher drafts in the separate weak split" if include_weak else ""
     return True, (f"Snapshot {result.snapshot_id} written: {result.n_items} pairs "
                   f"({result.split_counts.get('train', 0)} train, {result.split_counts.get('validation', 0)} "
-                  f"validation) at {result.path}.")
+                  f"validation){weak} at {result.path}.")

@@ -88,8 +88,15 @@ class TrainConfig(_JsonMixin):
     augment: bool = False  # random horizontal flips and 2-pixel shifts of training images
     dtype: str = "auto"  # compute dtype: auto (bf16 on GPU and AVX512-BF16 CPUs, else fp32), float32, bfloat16
     seed: int = 0  # seeds init, shuffling and dropout
+    weak_mode: str = "off"  # the snapshot's weak split (unreviewed drafts): off, warmup or mix
+    weak_steps: int = 0  # warmup: optimizer steps on weak drafts before the approved pairs
+    weak_weight: float = 0.5  # mix: each step adds weak_weight x the loss of a weak-draft micro-batch
 
     def __post_init__(self):
+        _check(self.weak_mode in ("off", "warmup", "mix"), "weak_mode: off, warmup or mix")
+        _check(self.weak_mode != "warmup" or self.weak_steps > 0, "weak_mode warmup needs weak_steps > 0")
+        _check(self.weak_steps >= 0, "weak_steps must be >= 0")
+        _check(0.0 < self.weak_weight <= 1.0, "weak_weight must be in (0, 1]")
         _check(self.epochs > 0 or self.max_steps > 0, "need epochs > 0 or max_steps > 0")
         _check(self.max_steps >= 0, "max_steps must be >= 0")
         _check(self.batch_size > 0 and self.grad_accum > 0, "batch_size and grad_accum must be > 0")

@@ -131,6 +131,9 @@ def train(
     snap = read_snapshot(Path(snapshot_dir))
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
+    if tc.weak_mode != "off" and not snap.weak:
+        raise ValueError(f"weak_mode={tc.weak_mode} but snapshot {snap.snapshot_id} has no weak split: "
+                         "export it with the weak drafts (`python -m pipeline export --include-weak-drafts`)")
     _claim_folder(out_dir, snap, sc, tc)
     device = resolve_device(device)
     random.seed(tc.seed), np.random.seed(tc.seed), torch.manual_seed(tc.seed)
@@ -138,11 +141,12 @@ def train(
     if tc.gradient_checkpointing:
         student.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_data, val_data = _Data(student, snap.train), _Data(student, snap.validation)
+    weak_data = _Data(student, snap.weak) if tc.weak_mode != "off" else None
     lora_params = [p for p in student.lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": list(student.projector.parameters()), "lr": tc.lr_projector},
          {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
-    total = total_steps_for(len(snap.train), tc)
+    total = total_steps_for(len(snap.train), tc) + (tc.weak_steps if tc.weak_mode == "warmup" else 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tc))
     step, sessions = 0, []
     ckpt = latest_checkpoint(out_dir)
@@ -167,8 +171,7 @@ def train(
             break
         t0, loss_sum = time.perf_counter(), 0.0
         for k in range(tc.grad_accum):
-            idx = micro_batch(step, k, len(snap.train), tc)
-            loss = student(**train_data.batch(idx, device, augment=tc.augment))
+            loss = _step_loss(student, step, k, train_data, weak_data, tc, device)
             (loss / tc.grad_accum).backward()
             loss_sum += loss.item() / tc.grad_accum
         if tc.max_grad_norm > 0:
@@ -197,10 +200,26 @@ def train(
         "optimizer_state_steps": _adam_steps(optimizer), "sessions": sessions,
         "final_train_loss": curve.rows[-1]["train_loss"] if curve.rows else None,
         "final_val_loss": last_val, "n_train": len(snap.train), "n_validation": len(snap.validation),
+        "weak": {"mode": tc.weak_mode, "n_weak": len(snap.weak) if weak_data else 0,
+                 "steps": tc.weak_steps if tc.weak_mode == "warmup" else 0,
+                 "weight": tc.weak_weight if tc.weak_mode == "mix" else 0.0},
         "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _step_loss(student: Student, step: int, k: int, gold: _Data, weak: _Data | None, tc: TrainConfig,
+               device: str) -> torch.Tensor:
+    """The loss of micro-batch k of `step`: approved pairs, weak drafts during a warmup, or both (mix)."""
+    if tc.weak_mode == "warmup" and step < tc.weak_steps:
+        return student(**weak.batch(micro_batch(step, k, len(weak.examples), tc), device, augment=tc.augment))
+    gold_step = step - tc.weak_steps if tc.weak_mode == "warmup" else step
+    loss = student(**gold.batch(micro_batch(gold_step, k, len(gold.examples), tc), device, augment=tc.augment))
+    if tc.weak_mode == "mix":
+        idx = micro_batch(step, k, len(weak.examples), tc)
+        loss = loss + tc.weak_weight * student(**weak.batch(idx, device, augment=tc.augment))
+    return loss
 
 
 def _adam_steps(optimizer) -> int:

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -102,15 +103,31 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128, help="width of the tiny random Phi-3")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--init-std", type=float, default=0.1, help="init std of the random base")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="one run per seed (one JSON line each), then a summary line with mean and spread")
     ap.add_argument("--dtype", default="float32",
                     help="training compute dtype; fp32 measured 2x faster than bf16 at this tiny width")
     ap.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/shifts")
     ap.add_argument("--work", type=Path, default=None, help="keep artefacts here (default: temp dir)")
     args = ap.parse_args()
+    rows = []
+    for seed in args.seeds:  # one line per run as it finishes: a long sweep shows progress
+        rows.append(run(args, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) > 1:
+        summary = {"summary": True, "n_runs": len(rows)}
+        for key in ("real", "blank", "shuffled", "train_seconds"):
+            vals = [r[key] for r in rows]
+            summary[key] = {"mean": round(statistics.mean(vals), 4), "min": min(vals), "max": max(vals),
+                            "stdev": round(statistics.stdev(vals), 4)}
+        print(json.dumps(summary))
 
+
+def run(args: argparse.Namespace, seed: int) -> dict:
+    """One seeded run: build the snapshot, train, evaluate; returns the JSON row."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
     t0 = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="learnability-"))
+    work = (args.work / f"seed{seed}") if args.work else Path(tempfile.mkdtemp(prefix="learnability-"))
     train_files, eval_files = split_files(args.train, args.eval, args.holdout)
     n_gold = args.n_per_class or max(len(fs) for fs in train_files.values())
     short = {c: len(fs) for c, fs in train_files.items() if len(fs) < n_gold + args.weak_per_class}
@@ -144,13 +161,13 @@ def main() -> None:
                       generation=GenerationConfig(max_new_tokens=12), seed=args.seed,
                       source=str(args.eval or args.train[0]))
     acc = {c: round(m["class_mention"]["accuracy"], 4) for c, m in result["conditions"].items()}
-    print(json.dumps({"real": acc["real"], "blank": acc["blank"], "shuffled": acc["shuffled"],
-                      "n_gold": len(records), "n_weak": len(weak), "weak_error_rate": args.weak_error_rate,
-                      "weak_mode": args.weak_mode if weak else "off", "seed": args.seed,
-                      "augment": args.augment, "n_eval": len(items), "steps": metrics["optimizer_steps"],
-                      "final_train_loss": round(metrics["final_train_loss"], 4),
-                      "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - t0, 1),
-                      "load_avg": [round(x, 2) for x in os.getloadavg()], "work": str(work)}))
+    return {"real": acc["real"], "blank": acc["blank"], "shuffled": acc["shuffled"],
+            "n_gold": len(records), "n_weak": len(weak), "weak_error_rate": args.weak_error_rate,
+            "weak_mode": args.weak_mode if weak else "off", "seed": args.seed, "augment": args.augment,
+            "n_eval": len(items), "steps": metrics["optimizer_steps"],
+            "final_train_loss": round(metrics["final_train_loss"], 4), "train_seconds": round(train_s, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "load_avg": [round(x, 2) for x in os.getloadavg()], "work": str(work)}
 
 
 if __name__ == "__main__":

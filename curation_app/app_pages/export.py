@@ -26,11 +26,16 @@ st.dataframe(view.balance_table, hide_index=True, column_config={
 override = st.checkbox(
     "Export anyway, although some classes are below target", key="override_balance",
     disabled=view.balance.ok, help="The snapshot's manifest records that the balance was overridden.")
+include_weak = st.checkbox(
+    "Add the pending teacher drafts as a separate weak split", key="include_weak",
+    help="Unreviewed drafts go into their own `weak` split, never into train/validation; the student can "
+         "warm up on them or mix them in with a lower weight (Train page). Rejected drafts are never used.")
 if st.button("Export snapshot", type="primary", icon=":material/archive:", key="export_btn", shortcut="E",
              disabled=view.balance.total == 0):
     try:  # the snapshot records the signed-in user as its exporter
         st.session_state["export_result"] = run_export(settings, engine, actor=current_actor(),
-                                                       override_balance=override)
+                                                       override_balance=override,
+                                                       include_weak=include_weak)
     except PermissionDenied as err:
         st.session_state["export_result"] = (False, str(err))
     st.rerun()

@@ -14,6 +14,7 @@ __all__ = ["PHI3_LORA_TARGETS", "GenerationConfig", "StudentConfig", "TrainConfi
 
 PHI3_LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16")
+WEAK_MODES = ("off", "warmup", "mix")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class TrainConfig(JsonConfig):
     augment: bool = doc(False, "Random horizontal flips and 2-pixel shifts of training images.")
     dtype: str = doc("auto", "Compute dtype: auto (bf16 on GPU and AVX512-BF16 CPUs, else fp32), float32, bfloat16.")
     seed: int = doc(0, "Seeds initialisation, shuffling and dropout.")
+    weak_mode: str = doc("off", "Use of the snapshot's weak split (unreviewed teacher drafts): off, warmup "
+                         "(weak_steps steps on the drafts first) or mix (each step adds weak_weight x a draft batch).")
+    weak_steps: int = doc(0, "warmup: optimizer steps on the weak drafts before the approved pairs.")
+    weak_weight: float = doc(0.5, "mix: weight of a weak-draft micro-batch's loss, in (0, 1].")
 
     def __post_init__(self):
         check(self.epochs > 0 or self.max_steps > 0, "need epochs > 0 or max_steps > 0")
@@ -84,4 +89,8 @@ class TrainConfig(JsonConfig):
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
         check(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
         check(self.checkpoint_every >= 0 and self.eval_every >= 0, "intervals must be >= 0")
+        check(self.weak_mode in WEAK_MODES, f"weak_mode must be one of {', '.join(WEAK_MODES)}")
+        check(self.weak_mode != "warmup" or self.weak_steps > 0, "weak_mode warmup needs weak_steps > 0")
+        check(self.weak_steps >= 0, "weak_steps must be >= 0")
+        check(0.0 < self.weak_weight <= 1.0, "weak_weight must be in (0, 1]")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")

@@ -132,6 +132,9 @@ def train(
     snap = read_snapshot(Path(snapshot_dir))
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
+    if tc.weak_mode != "off" and not snap.weak:
+        raise ValueError(f"weak_mode={tc.weak_mode} but snapshot {snap.snapshot_id} has no weak split: "
+                         "export it with the weak drafts (`python -m pipeline export --include-weak-drafts`)")
     ranks, device = ddp.setup(resolve_device(device))
     if ranks.active and tc.batch_size < ranks.world:
         raise ValueError(f"batch_size {tc.batch_size} is smaller than the {ranks.world} processes")
@@ -144,6 +147,7 @@ def train(
     if tc.gradient_checkpointing:
         student.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_data, val_data = _Data(student, snap.train), _Data(student, snap.validation)
+    weak_data = _Data(student, snap.weak) if tc.weak_mode != "off" else None
     lora_params = [p for p in student.lm.parameters() if p.requires_grad]
     trainable = lora_params + list(student.projector.parameters())
     if ranks.active:
@@ -151,7 +155,7 @@ def train(
     optimizer = torch.optim.AdamW(
         [{"params": list(student.projector.parameters()), "lr": tc.lr_projector},
          {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
-    total = total_steps_for(len(snap.train), tc)
+    total = total_steps_for(len(snap.train), tc) + (tc.weak_steps if tc.weak_mode == "warmup" else 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tc))
     step, sessions = 0, []
     ckpt = latest_checkpoint(out_dir)
@@ -182,11 +186,7 @@ def train(
             break
         t0, loss_sum = time.perf_counter(), 0.0
         for k in range(tc.grad_accum):
-            idx = ddp.shard(micro_batch(step, k, len(snap.train), tc), ranks)
-            batch = train_data.batch(idx, device, augment=tc.augment)
-            loss = student(**batch)
-            if ranks.active:  # so that the ranks' average is the global batch's mean loss
-                loss = loss * ddp.loss_weight(batch["labels"], ranks, device)
+            loss = _step_loss(student, step, k, train_data, weak_data, tc, device, ranks)
             (loss / tc.grad_accum).backward()
             loss_sum += loss.item() / tc.grad_accum
         if ranks.active:
@@ -219,6 +219,9 @@ def train(
         "optimizer_state_steps": _adam_steps(optimizer), "sessions": sessions,
         "final_train_loss": curve.rows[-1]["train_loss"] if curve.rows else None,
         "final_val_loss": last_val, "n_train": len(snap.train), "n_validation": len(snap.validation),
+        "weak": {"mode": tc.weak_mode, "n_weak": len(snap.weak) if weak_data else 0,
+                 "steps": tc.weak_steps if tc.weak_mode == "warmup" else 0,
+                 "weight": tc.weak_weight if tc.weak_mode == "mix" else 0.0},
         "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
     }
     if ranks.active:
@@ -226,6 +229,28 @@ def train(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     ddp.teardown(ranks)
     return metrics
+
+
+def _batch_loss(student: Student, data: _Data, idx: list[int], tc: TrainConfig, device: str, ranks) -> torch.Tensor:
+    """The loss of one micro-batch (this rank's shard of it under torchrun)."""
+    batch = data.batch(ddp.shard(idx, ranks), device, augment=tc.augment)
+    loss = student(**batch)
+    if ranks.active:  # so that the ranks' average is the global batch's mean loss
+        loss = loss * ddp.loss_weight(batch["labels"], ranks, device)
+    return loss
+
+
+def _step_loss(student: Student, step: int, k: int, gold: _Data, weak: _Data | None, tc: TrainConfig,
+               device: str, ranks) -> torch.Tensor:
+    """The loss of micro-batch k of `step`: approved pairs, weak drafts during a warmup, or both (mix)."""
+    if tc.weak_mode == "warmup" and step < tc.weak_steps:
+        return _batch_loss(student, weak, micro_batch(step, k, len(weak.examples), tc), tc, device, ranks)
+    gold_step = step - tc.weak_steps if tc.weak_mode == "warmup" else step
+    loss = _batch_loss(student, gold, micro_batch(gold_step, k, len(gold.examples), tc), tc, device, ranks)
+    if tc.weak_mode == "mix":
+        idx = micro_batch(step, k, len(weak.examples), tc)
+        loss = loss + tc.weak_weight * _batch_loss(student, weak, idx, tc, device, ranks)
+    return loss
 
 
 def _adam_steps(optimizer) -> int:

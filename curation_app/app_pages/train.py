@@ -21,7 +21,7 @@ from pipeline.services.train import (
     train_view,
     training_runs,
 )
-from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.student.config import WEAK_MODES, StudentConfig, TrainConfig
 
 settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Train")
@@ -54,6 +54,13 @@ else:
         lr_lora = b[3].number_input("LR (LoRA)", 1e-6, 1.0, td.lr_lora, format="%.2e", key="tr_lr_lora")
         lr_proj = b[4].number_input("LR (projector)", 1e-6, 1.0, td.lr_projector, format="%.2e", key="tr_lr_proj")
         ckpt = b[5].number_input("Checkpoint every", 0, 100_000, td.checkpoint_every, key="tr_ckpt")
+        w = st.columns(3)
+        weak_mode = w[0].selectbox(
+            "Unreviewed drafts (weak split)", WEAK_MODES, index=WEAK_MODES.index(td.weak_mode), key="tr_weak_mode",
+            help="Needs a snapshot exported with the weak drafts. warmup: train on the drafts first; "
+                 "mix: every step adds the drafts' loss with a lower weight. Rejected drafts are never used.")
+        weak_steps = w[1].number_input("Warmup steps on drafts", 0, 1_000_000, td.weak_steps, key="tr_weak_steps")
+        weak_weight = w[2].number_input("Weight of drafts (mix)", 0.01, 1.0, td.weak_weight, key="tr_weak_weight")
         if st.form_submit_button("Start training", key="tr_start", type="primary", icon=":material/play_arrow:"):
             try:
                 student = StudentConfig(**{**sd.__dict__, "base_model": base, "lora_r": int(lora_r),
@@ -61,7 +68,8 @@ else:
                                            "patch_size": int(patch), "quantize_4bit": qlora})
                 train = TrainConfig(**{**td.__dict__, "epochs": float(epochs), "max_steps": int(max_steps),
                                        "batch_size": int(batch), "lr_lora": lr_lora, "lr_projector": lr_proj,
-                                       "checkpoint_every": int(ckpt)})
+                                       "checkpoint_every": int(ckpt), "weak_mode": weak_mode,
+                                       "weak_steps": int(weak_steps), "weak_weight": float(weak_weight)})
             except ValueError as err:
                 st.session_state["train_message"] = (False, f"Check the form: {err}")
             else:

@@ -57,7 +57,8 @@ def test_a_bundled_example_is_found_in_the_store_with_its_approved_caption(world
     assert inp.match.state == ReviewState.approved
     assert inp.match.approved_caption == approved_caption("cat", 1)
     assert Image.open(io.BytesIO(inp.model_png)).size == (32, 32)
-    assert len(view.examples) == 20 and {e.label for e in view.examples} == {p.name for p in BUNDLED.iterdir() if p.is_dir()}
+    assert len(view.examples) == 20
+    assert {e.label for e in view.examples} == {p.name for p in BUNDLED.iterdir() if p.is_dir()}
 
 
 def test_an_upload_of_the_same_pixels_in_another_format_is_found_too(world):

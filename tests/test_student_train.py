@@ -118,5 +118,6 @@ def test_evaluate_on_a_labelled_image_folder(memorised_student, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((memorised_student / "evaluations" / "folder" / "evaluation.json").read_text())
     assert report["n_items"] == 4 and report["conditions"]["real"]["class_mention"]["accuracy"] == 1.0
-    rows = [json.loads(x) for x in (memorised_student / "evaluations" / "folder" / "predictions.jsonl").read_text().splitlines()]
+    predictions = memorised_student / "evaluations" / "folder" / "predictions.jsonl"
+    rows = [json.loads(x) for x in predictions.read_text().splitlines()]
     assert rows[0]["references"] == ["a photo of a cat."] and rows[0]["label"] == "cat"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,26 +43,35 @@ def streamlit_server(*, env: dict[str, str], log_path: Path, args: tuple[str, ..
     full_env = {**os.environ, **env}
     if "CAPSTUDIO_DATABASE_URL" not in env:
         full_env.pop("CAPSTUDIO_DATABASE_URL", None)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "curation_app/streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", *args],
-        cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "streamlit", "run", "curation_app/streamlit_app.py", "--server.headless", "true",
+            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", *args]
     url = f"http://127.0.0.1:{port}"
+    with serve_until_ready(argv, ready_url=f"{url}/_stcore/health", ready=lambda body: body == b"ok",
+                           log_path=log_path, env=full_env, what="streamlit"):
+        yield url
+
+
+@contextmanager
+def serve_until_ready(argv: list[str], *, ready_url: str, ready: Callable[[bytes], bool], log_path: Path,
+                      env: dict[str, str] | None = None, what: str = "the server") -> Iterator[subprocess.Popen]:
+    """Start a local server process (from the repository root), wait until `ready_url` answers with a body
+    that `ready` accepts (failing the test with its log if it exits or takes over 60 s), stop it after."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read() == b"ok":
+                with urllib.request.urlopen(ready_url, timeout=2) as r:
+                    if ready(r.read()):
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+                pytest.fail(f"{what} did not start: " + log_path.read_text(errors="replace")[-2000:])
             time.sleep(0.3)
-        yield url
+        yield proc
     finally:
         proc.terminate()
         try:

@@ -10,10 +10,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -21,7 +18,15 @@ from db.engine import session_scope
 from db.users import get_user
 from pipeline.identity import Role
 from tests.app_store import REPO, add_account, engine_for, fill_store
-from tests.browser import CHROMIUM, LAUNCH_ARGS, free_port, needs_chromium, settle, streamlit_server
+from tests.browser import (
+    CHROMIUM,
+    LAUNCH_ARGS,
+    free_port,
+    needs_chromium,
+    serve_until_ready,
+    settle,
+    streamlit_server,
+)
 
 OUT = REPO / "test-output" / "test_browser_signin"
 PASSWORD = "correct horse battery staple"
@@ -103,27 +108,12 @@ def oidc_provider(tmp_path):
     """`oidc-provider-mock` on a free loopback port with one predefined user in the curator group."""
     port = free_port()
     olga = {"sub": "olga", "email": "olga@example.org", "groups": ["staff", "curator"]}
-    log = open(tmp_path / "oidc.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--port", str(port),
-                             "--user-claims", json.dumps(olga)], stdout=log, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "oidc_provider_mock", "--port", str(port), "--user-claims", json.dumps(olga)]
     issuer = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=2) as r:
-                    if json.load(r)["issuer"]:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the OIDC provider did not start: " + (tmp_path / "oidc.log").read_text()[-2000:])
-            time.sleep(0.3)
+    with serve_until_ready(argv, ready_url=f"{issuer}/.well-known/openid-configuration",
+                           ready=lambda body: bool(json.loads(body).get("issuer")), log_path=tmp_path / "oidc.log",
+                           what="the OIDC provider"):
         yield issuer
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def test_oidc_sign_in_through_st_login_lands_with_the_claimed_role(tmp_path, browser_page, oidc_provider):

@@ -6,8 +6,9 @@ a full-size random Phi-3-mini's QLoRA step time, peak GPU memory and decode spee
 Phases: env (versions, GPU, a bitsandbytes 4-bit check), memorise (tests/conftest_student.py's
 tiny base, 20-image snapshot and MEMORISE run through the real train(), then load_student and
 greedy decoding on the device), resume (a stopped and resumed run against an uninterrupted one,
-LoRA dropout on), full-build, full-train and full-infer (as bench/student.py, on the device). Prints one JSON object per phase, also appended to $OUT/gpu_check.jsonl when OUT is
-set; a phase that raises prints its traceback tail and the script goes on.
+LoRA dropout on), full-build, full-train and full-infer (as bench/student.py, on the device).
+Prints one JSON object per phase, also appended to $OUT/gpu_check.jsonl when OUT is set; a phase
+that raises prints its traceback tail and the script goes on.
 """
 from __future__ import annotations
 
@@ -229,7 +230,8 @@ def phase_memorise(device: str, work: Path) -> dict:
     sync(device)
     row["generate_s"] = round(time.perf_counter() - t, 2)
     row["exact_real"] = sum(c == r.text for c, r in zip(caps, recs))
-    row["exact_blank"] = sum(c == r.text for c, r in zip(generate_captions(student, [blank_image() for _ in recs]), recs))
+    blank = generate_captions(student, [blank_image() for _ in recs])
+    row["exact_blank"] = sum(c == r.text for c, r in zip(blank, recs))
     order = list(reversed(range(len(recs))))
     shuffled = generate_captions(student, [images[j] for j in order])
     row["exact_shuffled"] = sum(s == recs[j].text for s, j in zip(shuffled, order))
@@ -442,7 +444,7 @@ def main() -> None:
                     help=argparse.SUPPRESS)  # tiny: dry-run the full phases on a CPU
     a = ap.parse_args()
 
-    from pipeline.student.loader import resolve_device
+    from pipeline.hardware import resolve_device
 
     global SNAPSHOT
     SNAPSHOT = a.snapshot

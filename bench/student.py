@@ -1,21 +1,26 @@
 """Full-size student on this CPU: QLoRA step time and peak RSS, and each inference path's time
 to first token and decode speed as a fraction of its memory-bandwidth bound.
 
-    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths nf4,nf4-sdpa,nf4-hf]
+    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths nf4,nf4-torch,nf4-hf]
 
 Builds a random-weight Phi-3-mini (`Phi3Config()` defaults, bf16, saved once under --work)
 with the real Phi-3 tokenizer. Each measurement runs in its own process so peak RSS is its own.
-Prints one JSON object per phase.
+Prints one JSON object per phase, the first saying which CPU path ran (pipeline/hardware.py);
+every inference row says whether the native kernels ran (nf4 against nf4-torch is what they buy).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pipeline.hardware import cpu, describe_cpu
+from pipeline.student.kernels import unavailable_reason
 
 CAPTION = "a small brown bird perched on a thin branch in front of a pale green background."
 
@@ -105,13 +110,15 @@ def weight_bytes_per_token(model) -> int:
     return total + emb.shape[1] * emb.element_size()
 
 
-# Inference paths: how the base runs (loader path), which decoding loop drives it, and which
-# attention (None: the loader's choice, attention.py's float32 one on the CPU).
+# Inference paths: how the base runs (loader path), which decoding loop drives it, which
+# attention (None: the loader's choice, attention.py's float32 one on the CPU), and whether the
+# native kernels may run (they do only where setup.sh built them and the start-up check passed).
 PATHS = {
-    "nf4": ("nf4", "lean", None),  # the default: 4-bit base, LoRA unmerged, lean loop (decode.py)
-    "nf4-sdpa": ("nf4", "lean", "sdpa"),  # the same with PyTorch's flash attention kernel
-    "nf4-hf": ("nf4", "hf", None),  # same weights through Hugging Face generate(): the baseline
-    "bf16": ("bf16", "lean", None),  # base dequantised to bf16, LoRA merged, lean loop
+    "nf4": ("nf4", "lean", None, True),  # the default: 4-bit base, LoRA unmerged, lean loop (decode.py)
+    "nf4-torch": ("nf4", "lean", None, False),  # the same without the native kernels: what the C++ buys
+    "nf4-sdpa": ("nf4", "lean", "sdpa", True),  # the same with PyTorch's flash attention kernel
+    "nf4-hf": ("nf4", "hf", None, True),  # same weights through Hugging Face generate(): the baseline
+    "bf16": ("bf16", "lean", None, True),  # base dequantised to bf16, LoRA merged, lean loop
 }
 
 
@@ -156,11 +163,12 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     from PIL import Image
 
     from pipeline.student.config import GenerationConfig
+    from pipeline.student.generate import decoder
     from pipeline.student.loader import load_student
 
-    path, loop, attention = PATHS[name]
+    path, loop, attention, native = PATHS[name]
     t = time.perf_counter()
-    student = load_student(work / "student", path=path)
+    student = load_student(work / "student", path=path, native_kernels=native)
     load_s = time.perf_counter() - t
     if attention:
         student.lm.set_attn_implementation(attention)
@@ -171,7 +179,7 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
         return timed_generation(student, img, gc, loop)
 
     with torch.no_grad():
-        run()  # warm-up (bitsandbytes' one-time repacking, kernel build/load)
+        run()  # warm-up (bitsandbytes' one-time repacking, the kernels' start-up check)
         runs, bws = [], [bandwidth_gbs()]
         for _ in range(reps):
             runs.append(run())
@@ -180,7 +188,8 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     ttft, tps = min(r[0] for r in runs), max(r[1] for r in runs)
     bpt = weight_bytes_per_token(student.lm) / 1e9
     return {"phase": "infer", "path": name, "prompt_tokens": len(student.layout.prompt_ids),
-            "new_tokens": new_tokens,
+            "new_tokens": new_tokens, "native_kernels": decoder(student).native_kernels,
+            "cpu_path": cpu().path, "load_avg": [round(x, 2) for x in os.getloadavg()],
             "attention": student.lm.config._attn_implementation, "load_s": round(load_s, 1), "ttft_s": round(ttft, 3),
             "decode_tok_s": round(tps, 2), "decode_tok_s_runs": [round(r[1], 2) for r in runs],
             "bytes_per_token_gb": round(bpt, 3), "bandwidth_gbs": bw,
@@ -202,7 +211,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/phi3-full"))
     ap.add_argument("--phase", choices=("all", "build", "train", "infer"), default="all")
     ap.add_argument("--path", default="nf4", choices=sorted(PATHS), help="path for --phase infer")
-    ap.add_argument("--paths", default="nf4,nf4-sdpa,nf4-hf,bf16", help="inference paths to compare")
+    ap.add_argument("--paths", default="nf4,nf4-torch,nf4-sdpa,nf4-hf,bf16", help="inference paths to compare")
     ap.add_argument("--steps", type=int, default=2, help="measured training steps")
     ap.add_argument("--dtype", default="float32", help="training compute dtype for --phase train")
     ap.add_argument("--train-dtypes", default="float32,bfloat16", help="training dtypes to compare")
@@ -221,6 +230,8 @@ def main() -> None:
     if a.phase == "infer":
         print(json.dumps(phase_infer(a.work, a.path, a.new_tokens, a.reps)))
         return
+    print(json.dumps({"phase": "machine", **describe_cpu(), "native_kernels": unavailable_reason() or "built"}),
+          flush=True)
     bw = bandwidth_gbs()
     print(json.dumps({"phase": "bandwidth", **bw}), flush=True)
     print(json.dumps(child(["--phase", "build", "--work", str(a.work)])), flush=True)
@@ -232,6 +243,7 @@ def main() -> None:
                    "--new-tokens", str(a.new_tokens), "--reps", str(a.reps)])
         print(json.dumps(r), flush=True)
     print(json.dumps({"phase": "bandwidth-after", **bandwidth_gbs()}), flush=True)
+
 
 if __name__ == "__main__":
     main()

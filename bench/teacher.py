@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 from PIL import Image as PILImage
 
-from pipeline.teacher.model import (
-    GenerationParams,
-    Teacher,
-    _encode,
-    load_teacher,
-    processor_params_for,
-)
+from pipeline.generation import GenerationConfig
+from pipeline.hardware import describe_cpu
+from pipeline.teacher.model import Teacher, encode_inputs, load_teacher, processor_params_for
 from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 
 BUNDLED = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "cifar10"
@@ -60,7 +54,7 @@ def caption_timed(teacher: Teacher, images: list, *, batch: int, one_tile: bool,
     proc = processor_params_for(images) if one_tile else {}
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
-        inputs = _encode(teacher, images[i:i + batch], "Can you describe this image?", proc)
+        inputs = encode_inputs(teacher, images[i:i + batch], "Can you describe this image?", processor_params=proc)
         with torch.inference_mode():
             teacher.model.generate(**inputs, **params.generate_kwargs(), min_new_tokens=params.max_new_tokens,
                                    pad_token_id=teacher.processor.tokenizer.pad_token_id)
@@ -70,12 +64,7 @@ def caption_timed(teacher: Teacher, images: list, *, batch: int, one_tile: bool,
 def machine() -> dict:
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"machine": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "torch": torch.__version__, "load_avg": os.getloadavg()}
+    return {**describe_cpu(), "torch": torch.__version__}
 
 
 def main() -> None:
@@ -85,7 +74,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="names of settings to run (default: all)")
     args = ap.parse_args()
     folder = build_random_smolvlm(args.out)
-    params = GenerationParams(max_new_tokens=args.new_tokens, repetition_penalty=1.0)
+    params = GenerationConfig(max_new_tokens=args.new_tokens, repetition_penalty=1.0)
     labels = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir())
     pool = [PILImage.open(BUNDLED / lab / f"{lab}_00{i:02d}.png").convert("RGB")
             for i in range(2) for lab in labels]

@@ -1,4 +1,4 @@
-"""Widgets shared by the pages: reviewer picker, pixel-crisp image, word diff, flags, progress.
+"""Widgets shared by the pages: pixel-crisp image, word diff, flags, progress, guidelines.
 
 Captions are user and model text: they are only ever shown through st.text, st.code,
 st.text_area or st.dataframe (displayed literally), never through Markdown or HTML.
@@ -8,30 +8,13 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import RejectReason
+from pipeline.identity import Actor, PermissionDenied, Role
 from pipeline.services.guidelines import read_guidelines, write_guidelines
 from pipeline.services.overview import Progress
 from pipeline.services.review import REJECT_REASON_TEXT, DiffOp, flag_choices, upscale_png, word_diff
 from pipeline.settings import Settings
 
-REVIEWER_KEY = "reviewer"
 _DIFF_MARK = {DiffOp.equal: "  ", DiffOp.removed: "- ", DiffOp.added: "+ "}
-
-
-def reviewer_picker() -> str:
-    """Sidebar box for the reviewer's name; kept in the URL so a refresh keeps it."""
-    if REVIEWER_KEY not in st.session_state:
-        st.session_state[REVIEWER_KEY] = st.query_params.get(REVIEWER_KEY, "")
-    name = st.sidebar.text_input(
-        "Reviewer", key=REVIEWER_KEY, placeholder="your name",
-        help="Every decision records who made it.",
-    ).strip()
-    if name and st.query_params.get(REVIEWER_KEY) != name:
-        st.query_params[REVIEWER_KEY] = name
-    return name
-
-
-def current_reviewer() -> str:
-    return str(st.session_state.get(REVIEWER_KEY, "") or "").strip()
 
 
 def pixel_image(png: bytes, *, size: int = 320, caption: str | None = None) -> None:
@@ -67,19 +50,23 @@ def progress_panel(progress: Progress, *, per_class: bool = True) -> None:
         )
 
 
-def guidelines_panel(settings: Settings) -> None:
-    """The reviewing guidelines (editable, saved to the guidelines file) and the reject reasons."""
+def guidelines_panel(settings: Settings, actor: Actor) -> None:
+    """The reviewing guidelines (editable by curators, saved to the guidelines file) and the reject reasons."""
     with st.expander("Guidelines and reject reasons", icon=":material/menu_book:"):
         text = read_guidelines(settings)
         st.markdown(text)  # the team's own guidelines: trusted Markdown, never a caption
         st.markdown("**Reject reasons**")
         for reason in RejectReason:
             st.text(f"• {REJECT_REASON_TEXT[reason]}")
+        if not actor.can(Role.curator):
+            return
         with st.popover("Edit guidelines"):
             new = st.text_area("Guidelines (Markdown)", value=text, height=240, key="guidelines_text")
             if st.button("Save guidelines", key="guidelines_save"):
-                path = write_guidelines(settings, text=new)
-                st.success(f"Saved to {path}")
+                try:
+                    st.success(f"Saved to {write_guidelines(settings, actor=actor, text=new)}")
+                except PermissionDenied as err:
+                    st.error(str(err))
 
 
 def reason_label(reason: RejectReason) -> str:

@@ -1,27 +1,47 @@
 """The review studio's entry point: `streamlit run curation_app/streamlit_app.py`.
 
-Builds the navigation from PAGES (add a page: one line here, one file in app_pages/) and the
-sidebar reviewer picker that every page shares.
+Refuses to serve an unsafe configuration, resolves the signed-in user (curation_app/signin.py), and
+builds the navigation from PAGES: each page is listed with the least role that may use it, so a
+page a role cannot use is not in that role's navigation (the services check the role again).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
-from curation_app.components import reviewer_picker
+from curation_app.resources import get_engine, get_settings
+from curation_app.signin import auth_secrets, identity_sidebar, no_role_page, resolve_actor, sign_in_page
+from pipeline.identity import Role
+from pipeline.services.auth import startup_problem
 
 PAGES = [
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/review.py", title="Review", icon=":material/rate_review:"),
-    st.Page("app_pages/browse.py", title="Browse", icon=":material/table_view:"),
-    st.Page("app_pages/export.py", title="Export", icon=":material/archive:"),
-    st.Page("app_pages/jobs.py", title="Jobs", icon=":material/work_history:"),
-    st.Page("app_pages/playground.py", title="Playground", icon=":material/science:"),
-    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("app_pages/compare.py", title="Batch compare", icon=":material/compare:"),
-    st.Page("app_pages/lineage.py", title="Lineage", icon=":material/account_tree:"),
+    (Role.viewer, st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)),
+    (Role.reviewer, st.Page("app_pages/review.py", title="Review", icon=":material/rate_review:")),
+    (Role.viewer, st.Page("app_pages/browse.py", title="Browse", icon=":material/table_view:")),
+    (Role.curator, st.Page("app_pages/export.py", title="Export", icon=":material/archive:")),
+    (Role.curator, st.Page("app_pages/jobs.py", title="Jobs", icon=":material/work_history:")),
+    (Role.viewer, st.Page("app_pages/playground.py", title="Playground", icon=":material/science:")),
+    (Role.curator, st.Page("app_pages/train.py", title="Train", icon=":material/model_training:")),
+    (Role.curator, st.Page("app_pages/compare.py", title="Batch compare", icon=":material/compare:")),
+    (Role.viewer, st.Page("app_pages/lineage.py", title="Lineage", icon=":material/account_tree:")),
+    (Role.admin, st.Page("app_pages/admin.py", title="Users", icon=":material/group:")),
 ]
 
 st.set_page_config(page_title="Caption studio", page_icon=":material/photo_library:", layout="wide")
-page = st.navigation(PAGES)
-reviewer_picker()
+settings = get_settings()
+if problem := startup_problem(settings, address=st.get_option("server.address"), auth_secrets=auth_secrets()):
+    st.error(problem)
+    st.stop()
+engine = get_engine()
+actor = resolve_actor(settings, engine)
+if actor is None:
+    pages = [st.Page(partial(sign_in_page, settings, engine), title="Sign in", icon=":material/login:",
+                     url_path="sign-in")]
+elif actor.role is None:
+    pages = [st.Page(no_role_page, title="Home", icon=":material/home:")]
+else:
+    pages = [page for needed, page in PAGES if actor.can(needed)]
+page = st.navigation(pages)
+identity_sidebar(settings, actor)
 page.run()

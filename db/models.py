@@ -170,3 +170,20 @@ class Student(SQLModel, table=True):
 
 # "Most auto-flags first" within a class reads this index in order (no sort over the class).
 Index("ix_review_risk", Review.state, Review.label, Review.flag_count.desc(), Review.image_id)
+
+
+class User(SQLModel, table=True):
+    """A person who may sign in (password or OIDC mode). `role` is one of pipeline.identity.Role's
+    values, or None until an admin grants one; `password_hash` is None for OIDC-only accounts."""
+
+    __tablename__ = "user_account"  # "user" is a reserved word in PostgreSQL
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    role: str | None = None
+    password_hash: str | None = None
+    disabled: bool = False
+    failed_sign_ins: int = 0
+    locked_until: datetime | None = None
+    password_changed_at: datetime | None = None
+    last_sign_in_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -30,6 +30,14 @@ class Role(str, enum.Enum):
 _RANK = {Role.viewer: 0, Role.reviewer: 1, Role.curator: 2, Role.admin: 3}
 
 
+class AuthMode(str, enum.Enum):
+    """How people sign in (setting `CAPSTUDIO_AUTH_MODE`)."""
+
+    local = "local"  # one implicit admin named after the OS user; loopback address only
+    password = "password"  # accounts in the store, argon2id hashes, sign-in form
+    oidc = "oidc"  # Streamlit's st.login() against an OpenID Connect provider (.streamlit/secrets.toml)
+
+
 class PermissionDenied(PermissionError):
     """The acting user's role does not allow this action; the message is meant for that user."""
 
@@ -44,6 +52,11 @@ class Actor:
 
     def can(self, needed: Role) -> bool:
         return self.role is not None and self.role.allows(needed)
+
+
+def parse_role(value: str | None) -> Role | None:
+    """The Role named `value` (as stored or typed), or None for no role."""
+    return Role(value.strip().lower()) if value and value.strip() else None
 
 
 def require(actor: Actor | None, needed: Role, action: str) -> Actor:

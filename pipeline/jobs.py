@@ -1,9 +1,11 @@
 """Running long work as jobs: start a CLI process for a job row, and report progress into it.
 
 The app calls `start_job(...)`: it creates the row and starts `python -m pipeline <command>
-... --job-id N` in its own process, logging to data/jobs/<N>.log. The command wraps its work in
-`JobReporter(settings, job_id)`, which writes progress, honours cancel requests, and records
-how the job ended. A browser refresh loses nothing: everything lives in the row.
+... --job-id N` in its own process, logging to data/jobs/<N>.log. With `CAPSTUDIO_JOB_BACKEND=ray`
+that process is a thin driver and the work runs on Ray (`job_command`): captioning on Ray Data,
+compare and evaluate as one Ray task each, training under torchrun with `train_nproc` processes.
+The command wraps its work in `JobReporter(settings, job_id)`, which writes progress, honours
+cancel requests, and records how the job ended. A browser refresh loses nothing: everything lives in the row.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from db.engine import make_engine, session_scope
 from db.jobs import cancel_requested, create_job, finish_job, mark_job_running, update_progress
 from db.models import JobKind, JobStatus
-from pipeline.settings import Settings
+from pipeline.settings import JobBackend, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,8 +28,25 @@ class JobCancelled(Exception):
     """Raised inside the work when the job's cancel was requested."""
 
 
+def job_command(settings: Settings, kind: JobKind, argv: list[str]) -> list[str]:
+    """The Python arguments (after the interpreter) that run a job under the configured backend."""
+    if settings.job_backend != JobBackend.ray:
+        return ["-m", "pipeline", *argv]
+    if kind == JobKind.caption:
+        extra = ["--engine", "ray", "--workers", str(settings.ray_workers),
+                 "--gpus-per-worker", str(settings.ray_gpus_per_worker)]
+        return ["-m", "pipeline", *argv, *extra, *(["--ray-address", settings.ray_address]
+                                                  if settings.ray_address else [])]
+    if kind in (JobKind.compare, JobKind.evaluate):
+        return ["-m", "pipeline.remote", *argv]
+    if kind == JobKind.train and settings.train_nproc > 1:
+        return ["-m", "pipeline", *argv, "--nproc", str(settings.train_nproc)]
+    return ["-m", "pipeline", *argv]
+
+
 def start_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dict) -> int:
-    """Create a job row and start `python -m pipeline <argv> --job-id N` detached; returns N."""
+    """Create a job row and start `python -m pipeline <argv> --job-id N` detached (through the
+    configured backend, see `job_command`); returns N."""
     engine = make_engine(settings.resolved_database_url)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     with session_scope(engine) as s:
@@ -39,9 +58,13 @@ def start_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dic
            "PYTHONUNBUFFERED": "1"}
     if settings.database_url:
         env["CAPSTUDIO_DATABASE_URL"] = settings.database_url
+    if settings.job_backend == JobBackend.ray:
+        env.update(CAPSTUDIO_JOB_BACKEND="ray", CAPSTUDIO_RAY_GPUS_PER_WORKER=str(settings.ray_gpus_per_worker))
+        if settings.ray_address:
+            env["CAPSTUDIO_RAY_ADDRESS"] = settings.ray_address
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *argv, "--job-id", str(job_id)],
+            [sys.executable, *job_command(settings, kind, [*argv, "--job-id", str(job_id)])],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )

@@ -4,12 +4,22 @@ Build it at an entry point (`Settings()`) and pass it down; nothing deeper reads
 """
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 from db.config import StoreSettings
+from pipeline.hardware import resolve_device
+from pipeline.identity import AuthMode, Role
 
 DEFAULT_TEACHER = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_STUDENT = "microsoft/Phi-3-mini-4k-instruct"
+
+
+class JobBackend(str, enum.Enum):
+    """Where background jobs run: child processes of this machine, or Ray (pipeline/jobs.py)."""
+
+    local = "local"
+    ray = "ray"
 
 
 class Settings(StoreSettings):
@@ -25,6 +35,32 @@ class Settings(StoreSettings):
     """Approved pairs wanted per CIFAR-10 class."""
     guidelines_file: Path | None = None
     """Markdown file with the reviewing guidelines; a built-in text when unset."""
+    native_kernels: bool = True
+    """Decode the student with the native CPU kernels (built by scripts/setup.sh, AVX512-BF16 CPUs only;
+    checked against bitsandbytes when a decoder starts). False: bitsandbytes' and torch's ops."""
+    auth_mode: AuthMode = AuthMode.local
+    """'local' (one implicit admin, loopback only), 'password' or 'oidc'."""
+    auth_default_role: Role | None = None
+    """Role given to a first-time OIDC user; unset: no role until an admin grants one."""
+    auth_role_claim: str | None = None
+    """OIDC claim (e.g. 'groups') whose values name the role; unset: the role stored for the user."""
+    auth_session_hours: float = 12.0
+    """A password sign-in lasts this long."""
+    auth_max_failures: int = 5
+    """Wrong passwords in a row before the account is locked."""
+    auth_lockout_minutes: float = 15.0
+    """How long a locked account stays locked."""
+    job_backend: JobBackend = JobBackend.local
+    """local: every job is a child process here; ray: captioning on Ray Data, compare/evaluate as Ray
+    tasks, training under torchrun with `train_nproc` processes (needs requirements-ray.txt)."""
+    ray_address: str | None = None
+    """Ray cluster to join (auto, or HEAD:6379; see README); unset: a local Ray per job."""
+    ray_workers: int = 2
+    """Teacher workers of a Ray captioning job."""
+    ray_gpus_per_worker: float = 0.0
+    """GPUs per Ray teacher worker and per Ray compare/evaluate task."""
+    train_nproc: int = 1
+    """Data-parallel training processes (torchrun) of a train job under the ray backend."""
 
     @property
     def exports_dir(self) -> Path:
@@ -43,8 +79,4 @@ class Settings(StoreSettings):
         return Path(self.data_dir) / "models"
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)

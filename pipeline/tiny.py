@@ -158,7 +158,8 @@ def build_tiny_phi3(
     config = Phi3Config(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=heads, intermediate_size=intermediate, vocab_size=32064,
-        max_position_embeddings=4096, initializer_range=init_std, pad_token_id=32000, bos_token_id=1, eos_token_id=32000,
+        max_position_embeddings=4096, initializer_range=init_std, pad_token_id=32000, bos_token_id=1,
+        eos_token_id=32000,
     )
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config).to(getattr(torch, dtype))

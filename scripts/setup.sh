@@ -17,3 +17,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+# Native CPU decode kernels (AVX512-BF16 CPUs only; CAPSTUDIO_NATIVE_KERNELS=0 skips them). Built
+# here, never inside a user's request; a failure only warns, and decoding falls back to
+# bitsandbytes' and torch's ops (pipeline/student/kernels.py).
+.venv/bin/python -m pipeline.student.kernels \
+  || echo "warning: native kernels not built; decoding uses bitsandbytes' and torch's ops" >&2

@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The tests also cover the optional Ray engine: install its pinned extra (the app itself never needs it).
+ray_stamp=.venv/.requirements-ray.sha256
+ray_want=$(sha256sum requirements-ray.txt | cut -d' ' -f1)
+if [ "$(cat "$ray_stamp" 2>/dev/null)" != "$ray_want" ]; then
+  .venv/bin/python -m pip install -q -r requirements-ray.txt
+  echo "$ray_want" > "$ray_stamp"
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

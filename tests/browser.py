@@ -35,9 +35,11 @@ def settle(page) -> None:  # noqa: ANN001
 
 
 @contextmanager
-def streamlit_server(*, env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Serve the studio with `streamlit run` and these CAPSTUDIO_* settings; yields its URL."""
-    port = free_port()
+def streamlit_server(*, env: dict[str, str], log_path: Path, args: tuple[str, ...] = (),
+                     port: int | None = None) -> Iterator[str]:
+    """Serve the studio with `streamlit run` and these CAPSTUDIO_* settings (plus streamlit `args`,
+    e.g. `--secrets.files`); yields its URL."""
+    port = port or free_port()
     full_env = {**os.environ, **env}
     if "CAPSTUDIO_DATABASE_URL" not in env:
         full_env.pop("CAPSTUDIO_DATABASE_URL", None)
@@ -45,7 +47,7 @@ def streamlit_server(*, env: dict[str, str], log_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "curation_app/streamlit_app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         "--server.fileWatcherType", "none", *args],
         cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -9,6 +9,7 @@ from db.engine import session_scope
 from db.jobs import list_jobs
 from db.models import JobKind, JobStatus, Review, ReviewAction, ReviewState
 from db.review import events_for_image
+from pipeline.identity import Actor, Role
 from pipeline.jobs import wait_for_job
 from pipeline.services.compare import read_results, send_back
 from pipeline.settings import Settings
@@ -77,6 +78,6 @@ def test_compare_job_fills_a_sortable_table_and_sends_items_back(world, monkeypa
         last = events_for_image(s, image_id=image_id)[-1]
         assert (last.action, last.reviewer) == (ReviewAction.reopen, "ann")
     # a pending item is not reopened again: the refusal says why
-    again = send_back(engine, image_ids=[image_id], reviewer="ann")
+    again = send_back(engine, actor=Actor("ann", Role.curator), image_ids=[image_id])
     assert again.reopened == [] and "already pending" in again.message
     engine.dispose()

@@ -60,7 +60,7 @@ def test_browse_filters_and_opens_an_item_for_review(tmp_path, monkeypatch):
     at.session_state["browse_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
     wanted = int(at.dataframe[-1].value.iloc[0]["image_id"])
-    at.button[-1].click().run()
+    at.button(key="browse_open").click().run()
     assert at.session_state["shown"][0] == wanted  # the Review page holds that item now
 
 

@@ -57,10 +57,12 @@ def _events(engine, image_id) -> list[ReviewEvent]:
         return list(s.exec(select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)).all())
 
 
-def test_without_a_reviewer_name_nothing_can_be_decided(store, monkeypatch):
+def test_without_signing_in_nothing_can_be_decided(store, monkeypatch):
     data, _, _ = store
-    at = _open(data, monkeypatch, reviewer=None)
-    assert "reviewer name" in at.warning[0].value
+    at = app_for(data, monkeypatch, reviewer=None)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Caption studio: sign in" and at.text_input(key="sign_in_password")
     assert not [b for b in at.button if b.key and b.key.startswith("btn-")]
 
 

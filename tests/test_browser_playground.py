@@ -39,7 +39,7 @@ def test_upload_and_run_both_models(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{server}/playground?reviewer=ann")
+        page.goto(f"{server}/playground")
         page.get_by_text("Upload", exact=True).first.wait_for(timeout=30_000)
         settle(page)
         page.get_by_text("Upload", exact=True).first.click()

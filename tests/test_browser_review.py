@@ -78,7 +78,7 @@ def _review_by_keyboard(page) -> list[str]:
 
 def _export_and_download(page, url: str) -> Path:
     """Only 3 of 10 classes have an approved pair: the balance override is needed."""
-    page.goto(f"{url}/export?reviewer=ann")
+    page.goto(f"{url}/export")
     page.get_by_text("below the target", exact=False).first.wait_for(timeout=30_000)
     page.get_by_text("Export anyway", exact=False).first.click()
     page.get_by_role("button", name="Export snapshot").click()
@@ -100,7 +100,7 @@ def test_keyboard_review_then_export(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/review?reviewer=ann")
+        page.goto(f"{url}/review")
         page.locator("textarea").first.wait_for(timeout=30_000)
         settle(page)
         approved = _review_by_keyboard(page)

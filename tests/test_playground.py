@@ -19,7 +19,7 @@ from pipeline.services.playground import (
     load_playground_teacher,
     open_playground,
 )
-from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
+from pipeline.services.streaming import GenerationConfig, stream_student, stream_teacher, teacher_tile
 from pipeline.settings import Settings
 from pipeline.student.generate import generate_captions
 from pipeline.teacher.model import caption_one
@@ -32,7 +32,7 @@ from tests.playground_models import (
     train_tiny_student,
 )
 
-GREEDY = PlaygroundParams(max_new_tokens=8, repetition_penalty=1.0)
+GREEDY = GenerationConfig(max_new_tokens=8, repetition_penalty=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def test_a_bundled_example_is_found_in_the_store_with_its_approved_caption(world
     assert inp.match.state == ReviewState.approved
     assert inp.match.approved_caption == approved_caption("cat", 1)
     assert Image.open(io.BytesIO(inp.model_png)).size == (32, 32)
-    assert len(view.examples) == 20 and {e.label for e in view.examples} == {p.name for p in BUNDLED.iterdir() if p.is_dir()}
+    assert len(view.examples) == 20
+    assert {e.label for e in view.examples} == {p.name for p in BUNDLED.iterdir() if p.is_dir()}
 
 
 def test_an_upload_of_the_same_pixels_in_another_format_is_found_too(world):
@@ -85,7 +86,7 @@ def test_the_teacher_stream_equals_its_batch_caption_and_is_timed(world):
     image = Image.open(BUNDLED / "ship" / "ship_0000.png").convert("RGB")
     stream = stream_teacher(teacher, image, GREEDY)
     text = stream.run()
-    assert text == caption_one(teacher, image, params=GREEDY.for_teacher()).text
+    assert text == caption_one(teacher, image, params=GREEDY).text
     t = stream.timings
     assert t.new_tokens > 0 and t.total_s > 0 and t.tokens_per_s > 0
     assert t.ttft_s is None or 0 < t.ttft_s <= t.total_s
@@ -95,7 +96,7 @@ def test_the_student_stream_equals_its_batch_caption(world):
     student = world["student"]
     image = Image.open(BUNDLED / "cat" / "cat_0000.png").convert("RGB")
     stream = stream_student(student, image, GREEDY)
-    assert stream.run() == generate_captions(student, [image], config=GREEDY.for_student())[0]
+    assert stream.run() == generate_captions(student, [image], config=GREEDY)[0]
     assert stream.timings.total_s > 0
 
 

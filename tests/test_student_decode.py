@@ -34,24 +34,102 @@ def _packed(n: int, k: int, seed: int):
     return bf._convert_weight_packed_for_cpu(q, qs)
 
 
-def test_native_nf4_kernel_equals_bitsandbytes_bit_for_bit():
-    from pipeline.student.kernels import native, unavailable_reason
+def _native_or_skip():
+    from pipeline.student.kernels import load_kernels, unavailable_reason
 
     reason = unavailable_reason()
-    ext = native()
-    if reason is not None:  # another CPU: the loop must fall back, not fail
-        assert ext is None
-        return
-    assert ext is not None, "the kernel should build on this machine"
+    if reason is not None:  # another CPU, or not built: decoding falls back (tested below)
+        pytest.skip(f"native kernels not available: {reason}")
+    ext = load_kernels()
+    assert ext is not None, "built for this machine, so it must load"
+    return ext
+
+
+def test_native_nf4_kernel_equals_bitsandbytes_bit_for_bit():
+    from pipeline.student.kernels import nf4_gemv_agrees, nf4_lut
+
+    ext = _native_or_skip()
     for n, k in ((96, 128), (3072, 3072), (224, 8192)):  # 96 and 224: odd tile counts
         w, qs = _packed(n, k, seed=n)
-        lut = qs.code.to(torch.bfloat16).view(torch.int16).repeat(2).contiguous()
+        lut = nf4_lut(qs.code)
         for m in (1, 3):
             x = torch.randn(m, k, dtype=torch.bfloat16)
             ref = torch.ops.bitsandbytes.gemv_4bit.default(x, w, qs.shape, qs.absmax, qs.code, qs.blocksize)
             assert torch.equal(ext.nf4_gemv(x, w, qs.absmax, lut, qs.blocksize), ref), (n, k, m)
+        assert nf4_gemv_agrees(ext.nf4_gemv, w, qs)  # the check a decoder runs at start
     with pytest.raises(RuntimeError, match="bf16"):
         ext.nf4_gemv(torch.randn(1, 128), w, qs.absmax, lut, qs.blocksize)
+
+
+def _bnb_gemv(shift: float = 0.0):
+    """A stand-in for the native kernel (its signature) that calls bitsandbytes' op, plus `shift`
+    (a kernel that is wrong by that much); counts its calls."""
+    import bitsandbytes.functional as bf
+
+    nf4 = bf.get_4bit_type("nf4", device="cpu")
+
+    def gemv(x, w, absmax, lut, bs):
+        gemv.calls += 1
+        return torch.ops.bitsandbytes.gemv_4bit.default(x, w, (absmax.shape[-1], x.shape[1]), absmax, nf4, bs) + shift
+
+    gemv.calls = 0
+    return gemv
+
+
+def test_nf4_check_accepts_bitsandbytes_result_and_rejects_any_other():
+    """The start-up check: equal to bitsandbytes bit for bit, or the kernel is not used."""
+    from pipeline.student.kernels import nf4_gemv_agrees
+
+    w, qs = _packed(96, 256, seed=5)
+    assert nf4_gemv_agrees(_bnb_gemv(), w, qs)
+    assert not nf4_gemv_agrees(_bnb_gemv(shift=1.0), w, qs)
+
+    def one_ulp_off(x, w, absmax, lut, bs):
+        out = _bnb_gemv()(x, w, absmax, lut, bs)
+        out.view(torch.int16)[0, 7] += 1  # the next bf16 value
+        return out
+
+    def raises(*args):
+        raise RuntimeError("illegal instruction")
+
+    assert not nf4_gemv_agrees(one_ulp_off, w, qs)
+    assert not nf4_gemv_agrees(raises, w, qs)
+    assert not nf4_gemv_agrees(lambda *a: _bnb_gemv()(*a).float(), w, qs)  # right numbers, wrong dtype
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_decoder_uses_the_native_kernel_only_if_it_matches_bitsandbytes(memorised_student, caplog, wrong):
+    """A decoder start checks the model's native NF4 kernel against bitsandbytes: a kernel that
+    disagrees is dropped with a log line (and decoding still equals generate()); one that agrees
+    is used. Kernels injected here (bitsandbytes' op, or it plus 1), since this runs on any CPU;
+    the 4-bit layers are packed as bitsandbytes packs them on AVX512-BF16 CPUs."""
+    import logging
+    import types
+
+    import torch.nn as nn
+
+    from pipeline.student.attention import cpu_attention
+    from pipeline.student.generate import decoder
+    from pipeline.student.kernels import attach_kernels, kernels_of
+
+    student = load_student(memorised_student)
+    for m in student.lm.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = True  # pack on the first forward, as bitsandbytes does there
+    gemv = _bnb_gemv(shift=1.0 if wrong else 0.0)
+    attend = lambda q, k, v, scale: cpu_attention(nn.Module(), q, k, v, None, scaling=scale)[0]
+    lm = student.lm.get_base_model()
+    attach_kernels(lm, types.SimpleNamespace(nf4_gemv=gemv, attend_one=attend))
+    with caplog.at_level(logging.WARNING, logger="pipeline.student.kernels"):
+        dec = decoder(student)
+    assert gemv.calls == 1  # the check
+    assert dec.native_kernels is not wrong and (kernels_of(lm) is None) is wrong
+    assert ("disagrees with bitsandbytes" in caplog.text) is wrong
+    images = [r.image() for r in cifar20_records()][:6]
+    for batch in (images[:1], images[:6]):
+        assert torch.equal(generate_ids(student, batch, config=SETTINGS[0]),
+                           hf_generate(student, batch, config=SETTINGS[0]))
+    assert (gemv.calls == 1) is wrong  # used for decoding only when it agreed
 
 
 def _reference_attention(q, k, v, scale, mask=None):
@@ -63,29 +141,53 @@ def _reference_attention(q, k, v, scale, mask=None):
     return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2)
 
 
+ATTENTION_SHAPES = ((1, 32, 32, 110, 96), (3, 8, 2, 17, 64), (2, 4, 4, 1, 16), (2, 6, 3, 40, 128))
+
+
+def _attention_case(b, h, hkv, t, d):
+    q = torch.randn(b, 1, h, d, dtype=torch.bfloat16).transpose(1, 2)  # a view, as in decode.py
+    kb, vb = (torch.randn(b, hkv, t + 30, d, dtype=torch.bfloat16) * 3 for _ in range(2))
+    return q, kb[:, :, :t], vb[:, :, :t]  # cache views, strided like decode.py's buffers
+
+
+def _close_to_float32_math(out, q, k, v, d):
+    ref = _reference_attention(q, k, v, d ** -0.5)
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    return bool(((out.float() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-5).all())
+
+
 def test_decode_attention_matches_float32_math():
-    """One query over a cache view (strided like decode.py's buffers), with GQA and lengths that
-    are not multiples of 16: float32 math, rounded to bf16 once. On this CPU that is the native
-    kernel; without it, attention.py's torch ops."""
+    """One query over a cache view, with GQA and lengths that are not multiples of 16: float32
+    math, rounded to bf16 once (attention.py's torch ops: a model given no native kernels)."""
     import torch.nn as nn
 
     from pipeline.student.attention import cpu_attention
-    from pipeline.student.kernels import native
 
-    ext = native()
     torch.manual_seed(0)
-    for b, h, hkv, t, d in ((1, 32, 32, 110, 96), (3, 8, 2, 17, 64), (2, 4, 4, 1, 16), (2, 6, 3, 40, 128)):
-        q = torch.randn(b, 1, h, d, dtype=torch.bfloat16).transpose(1, 2)  # a view, as in decode.py
-        kb, vb = (torch.randn(b, hkv, t + 30, d, dtype=torch.bfloat16) * 3 for _ in range(2))
-        out, _ = cpu_attention(nn.Module(), q, kb[:, :, :t], vb[:, :, :t], None, scaling=d ** -0.5)
-        if ext is not None:
-            assert torch.equal(out, ext.attend_one(q, kb[:, :, :t], vb[:, :, :t], d ** -0.5))
-        ref = _reference_attention(q, kb[:, :, :t], vb[:, :, :t], d ** -0.5)
-        assert out.shape == (b, 1, h, d) and out.dtype == torch.bfloat16
-        assert ((out.float() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-5).all(), (b, h, hkv, t, d)
-    if ext is not None:
-        with pytest.raises(RuntimeError, match="bf16"):
-            ext.attend_one(q.float(), kb, vb, 0.1)
+    for b, h, hkv, t, d in ATTENTION_SHAPES:
+        q, k, v = _attention_case(b, h, hkv, t, d)
+        out, _ = cpu_attention(nn.Module(), q, k, v, None, scaling=d ** -0.5)
+        assert _close_to_float32_math(out, q, k, v, d), (b, h, hkv, t, d)
+
+
+def test_native_attention_kernel_matches_float32_math():
+    """The same with the native one-token kernel (csrc/attention.cpp), as a loaded model runs it."""
+    import torch.nn as nn
+
+    from pipeline.student.attention import cpu_attention
+    from pipeline.student.kernels import ATTR
+
+    ext = _native_or_skip()
+    module = nn.Module()
+    setattr(module, ATTR, ext)
+    torch.manual_seed(0)
+    for b, h, hkv, t, d in ATTENTION_SHAPES:
+        q, k, v = _attention_case(b, h, hkv, t, d)
+        out, _ = cpu_attention(module, q, k, v, None, scaling=d ** -0.5)
+        assert torch.equal(out, ext.attend_one(q, k, v, d ** -0.5))
+        assert _close_to_float32_math(out, q, k, v, d), (b, h, hkv, t, d)
+    with pytest.raises(RuntimeError, match="bf16"):
+        ext.attend_one(q.float(), k, v, 0.1)
 
 
 def test_cpu_attention_masks_like_sdpa():
@@ -139,13 +241,17 @@ def test_student_bench_measures_every_path_on_a_tiny_student(tmp_path, tiny_phi3
 
     save_student(build_student(StudentConfig(base_model=str(tiny_phi3)), dtype=torch.bfloat16),
                  tmp_path / "student")
-    for path in ("nf4", "nf4-sdpa", "nf4-hf"):
+    from pipeline.hardware import cpu
+    from pipeline.student.kernels import unavailable_reason
+
+    for path in ("nf4", "nf4-torch", "nf4-sdpa", "nf4-hf"):
         proc = subprocess.run([sys.executable, "bench/student.py", "--phase", "infer", "--work",
                                str(tmp_path), "--path", path, "--new-tokens", "6", "--reps", "1"],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert r["path"] == path and r["new_tokens"] == 6
+        assert r["path"] == path and r["new_tokens"] == 6 and r["cpu_path"] == cpu().path
+        assert r["native_kernels"] is (path != "nf4-torch" and unavailable_reason() is None)
         assert r["attention"] == ("sdpa" if path == "nf4-sdpa" else "capstudio_cpu")
         assert r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["bandwidth_gbs"] > 1
         assert r["fraction_of_bound"] == pytest.approx(r["decode_tok_s"] / r["bound_tok_s"], abs=2e-3)
@@ -163,15 +269,15 @@ def test_gpu_check_runs_its_phases_on_a_cpu_with_a_tiny_model(tmp_path):
     assert rows["full-infer"]["lean_decode_tok_s"] > 0 and rows["full-infer"]["hf_decode_tok_s"] > 0
 
 
-def test_without_native_kernels_both_loops_still_agree(memorised_student, monkeypatch):
-    """A CPU without AVX512-BF16, g++ or ninja: bitsandbytes' kernel and torch's attention ops,
-    and still every token equals generate()'s."""
-    import pipeline.student.attention as attention
-    import pipeline.student.kernels as kernels
+def test_without_native_kernels_both_loops_still_agree(memorised_student):
+    """Settings.native_kernels off (or a CPU without AVX512-BF16, or no build): bitsandbytes'
+    kernel and torch's attention ops, and still every token equals generate()'s."""
+    from pipeline.student.generate import decoder
+    from pipeline.student.kernels import kernels_of
 
-    monkeypatch.setattr(kernels, "native", lambda: None)
-    monkeypatch.setattr(attention, "native", lambda: None)
-    student = load_student(memorised_student)
+    student = load_student(memorised_student, native_kernels=False)
+    assert kernels_of(student.lm.get_base_model()) is None
+    assert decoder(student).native_kernels is False
     images = [r.image() for r in cifar20_records()]
     for batch in (images[:1], images[:6]):
         for gc in SETTINGS[:2]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from PIL import Image as PILImage
@@ -14,7 +15,7 @@ from pipeline.data.sources import ImportSource, import_images
 from pipeline.teacher.drafting import CaptionRequest, run_captioning, write_drafts
 from pipeline.teacher.model import (
     DEFAULT_PROMPT,
-    GenerationParams,
+    TEACHER_GENERATION,
     ModelLoadError,
     caption_images,
     chat_prompt,
@@ -25,7 +26,7 @@ from pipeline.tiny import build_tiny_teacher
 from tests.conftest import BUNDLED, REPO
 
 ASSETS = REPO / "tests" / "assets" / "smolvlm_processor"
-FAST = GenerationParams(max_new_tokens=5)
+FAST = replace(TEACHER_GENERATION, max_new_tokens=5)
 
 
 @pytest.fixture(scope="module")

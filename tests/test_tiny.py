@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from PIL import Image as PILImage
 
-from pipeline.teacher.model import GenerationParams, caption_one, load_teacher
+from pipeline.teacher.model import TEACHER_GENERATION, caption_one, load_teacher
 from pipeline.tiny import (
     build_tiny_student,
     build_tiny_teacher,
@@ -33,7 +34,7 @@ def test_tiny_teacher_with_its_own_tokenizer_captions_offline(tmp_path):
     out = build_tiny_teacher(tmp_path / "teacher", processor_dir=None)
     teacher = load_teacher(str(out), dtype="float32")
     image = PILImage.open(BUNDLED / "ship" / "ship_0000.png")
-    result = caption_one(teacher, image, params=GenerationParams(max_new_tokens=6))
+    result = caption_one(teacher, image, params=replace(TEACHER_GENERATION, max_new_tokens=6))
     assert teacher.tiny and result.image_tokens == 64
     assert isinstance(result.text, str) and result.new_tokens <= 6 and result.seconds > 0
 

@@ -5,6 +5,7 @@ student (which memorised its training pairs) writes exactly the approved caption
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from db.catalog import drafts_for_image
 from db.engine import init_store, session_scope
@@ -20,11 +21,11 @@ from pipeline.student.evaluate import evaluate, evaluation_dir, items_from_snaps
 from pipeline.student.loader import load_student
 from pipeline.student.train import train
 from pipeline.teacher.drafting import CaptionRequest, run_captioning
-from pipeline.teacher.model import GenerationParams, load_teacher
+from pipeline.teacher.model import TEACHER_GENERATION, load_teacher
 from tests.app_store import app_for
 from tests.playground_models import tiny_base, tiny_student_config, tiny_teacher
 
-DRAFT = GenerationParams(max_new_tokens=8)  # the playground's defaults below match these
+DRAFT = replace(TEACHER_GENERATION, max_new_tokens=8)  # the playground's defaults below match these
 
 
 def caption_for(label: str) -> str:

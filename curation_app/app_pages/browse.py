@@ -4,9 +4,11 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.resources import get_engine
+from curation_app.signin import current_actor
 from db.models import ReviewState
 from db.review import MAX_CAPTION_CHARS
 from pipeline.classes import CLASSES
+from pipeline.identity import Role
 from pipeline.services.browse import BrowseFilters, browse_view, flag_choices
 
 st.title("Browse")
@@ -50,10 +52,10 @@ event = st.dataframe(
         "draft": st.column_config.TextColumn("teacher draft", width="medium"),
     })
 rows = event.selection.rows if event is not None else []
-if rows:
+if rows and current_actor().can(Role.reviewer):  # only reviewers have the Review page
     image_id = int(view.items.iloc[rows[0]]["image_id"])
-    if st.button(f"Review item {image_id}", type="primary", icon=":material/rate_review:"):
+    if st.button(f"Review item {image_id}", type="primary", icon=":material/rate_review:", key="browse_open"):
         st.session_state["open_item"] = image_id
         st.switch_page("app_pages/review.py")
-else:
+elif current_actor().can(Role.reviewer):
     st.caption("Select a row to open that item on the Review page.")

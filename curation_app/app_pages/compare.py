@@ -7,11 +7,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
-from pipeline.services.compare import compare_view, read_results, send_back, start_compare
+from curation_app.signin import current_actor
+from pipeline.identity import PermissionDenied
+from pipeline.services.compare import BLEU_LABEL, compare_view, read_results, send_back, start_compare
 
-settings, engine = get_settings(), get_engine()
+settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Batch compare")
 
 if "compare_message" in st.session_state:
@@ -33,9 +34,12 @@ else:
         split = c1.radio("Split", ["validation", "train"], horizontal=True, key="cmp_split")
         max_new = c2.number_input("Max new tokens", 1, 256, 40, key="cmp_max_new")
         if st.form_submit_button("Run compare", key="cmp_run", type="primary", icon=":material/play_arrow:"):
-            job_id = start_compare(settings, student_dir=folder, snapshot=snapshot, split=split,
-                                   max_new_tokens=int(max_new))
-            st.session_state["compare_message"] = (True, f"Started compare job {job_id}.")
+            try:
+                job_id = start_compare(settings, actor=actor, student_dir=folder, snapshot=snapshot, split=split,
+                                       max_new_tokens=int(max_new))
+                st.session_state["compare_message"] = (True, f"Started compare job {job_id}.")
+            except PermissionDenied as err:
+                st.session_state["compare_message"] = (False, str(err))
             st.rerun()
 
 
@@ -62,22 +66,21 @@ if not view.results:
 path = st.selectbox("Results", view.results, format_func=lambda p: Path(p).stem.replace("--", " · "),
                     key="cmp_results")
 table = read_results(path)
-st.caption(f"{len(table)} items · mean BLEU {table.bleu.mean():.1f} · mean ROUGE-L {table.rouge_l.mean():.3f} "
+st.caption(f"{len(table)} items · mean {BLEU_LABEL} {table.bleu.mean():.1f} · mean ROUGE-L {table.rouge_l.mean():.3f} "
            f"· exact {table.exact.mean():.0%} · most disagreeing first (click a header to sort)")
 st.dataframe(table, hide_index=True, key="cmp_table", column_config={
     "image": st.column_config.ImageColumn("image", width="small"),
     "disagreement": st.column_config.ProgressColumn("disagreement", min_value=0, max_value=1),
-    "bleu": st.column_config.NumberColumn("BLEU", format="%.1f"),
+    "bleu": st.column_config.NumberColumn(BLEU_LABEL, format="%.1f"),
 })
 
 choices = {f"#{r.item_id} {r.label} · disagreement {r.disagreement:.2f}": int(r.item_id)
            for r in table.itertuples() if str(r.item_id).isdigit()}
 picked = st.multiselect("Send these back to the review queue", list(choices), key="cmp_pick")
-reviewer = current_reviewer()
-if not reviewer:
-    st.warning("Choose a reviewer name in the sidebar to send items back.")
-if st.button("Send back to review", key="cmp_send", disabled=not picked or not reviewer,
-             icon=":material/undo:"):
-    result = send_back(engine, image_ids=[choices[p] for p in picked], reviewer=reviewer)
-    st.session_state["compare_message"] = (not result.refused, result.message)
+if st.button("Send back to review", key="cmp_send", disabled=not picked, icon=":material/undo:"):
+    try:
+        result = send_back(engine, actor=actor, image_ids=[choices[p] for p in picked])
+        st.session_state["compare_message"] = (not result.refused, result.message)
+    except PermissionDenied as err:
+        st.session_state["compare_message"] = (False, str(err))
     st.rerun()

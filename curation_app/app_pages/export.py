@@ -5,8 +5,9 @@ from functools import partial
 
 import streamlit as st
 
-from curation_app.components import current_reviewer
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
+from pipeline.identity import PermissionDenied
 from pipeline.services.export import export_view, run_export, zip_snapshot
 
 settings, engine = get_settings(), get_engine()
@@ -25,10 +26,18 @@ st.dataframe(view.balance_table, hide_index=True, column_config={
 override = st.checkbox(
     "Export anyway, although some classes are below target", key="override_balance",
     disabled=view.balance.ok, help="The snapshot's manifest records that the balance was overridden.")
+include_weak = st.checkbox(
+    "Add the pending teacher drafts as a separate weak split", key="include_weak",
+    help="Unreviewed drafts go into their own `weak` split, never into train/validation; the student can "
+         "warm up on them or mix them in with a lower weight (Train page). Rejected drafts are never used.")
 if st.button("Export snapshot", type="primary", icon=":material/archive:", key="export_btn", shortcut="E",
              disabled=view.balance.total == 0):
-    st.session_state["export_result"] = run_export(
-        settings, engine, override_balance=override, exported_by=current_reviewer() or None)
+    try:  # the snapshot records the signed-in user as its exporter
+        st.session_state["export_result"] = run_export(settings, engine, actor=current_actor(),
+                                                       override_balance=override,
+                                                       include_weak=include_weak)
+    except PermissionDenied as err:
+        st.session_state["export_result"] = (False, str(err))
     st.rerun()
 
 st.subheader("Snapshots")

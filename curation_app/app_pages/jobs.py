@@ -5,10 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
 from pipeline.data.sources import ImportSource
+from pipeline.identity import PermissionDenied
 from pipeline.services.jobs import cancel_job, jobs_view, start_caption_job
 
-settings, engine = get_settings(), get_engine()
+settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Jobs")
 
 with st.form("caption_job"):
@@ -22,13 +24,20 @@ with st.form("caption_job"):
     limit = c4.number_input("Caption at most this many (0: every image without a draft)", 0, 100000, 0,
                             key="job_limit")
     if st.form_submit_button("Import and caption", type="primary", icon=":material/play_arrow:"):
-        started = start_caption_job(settings, engine, source=source.value, n_per_class=int(n_per_class),
-                                    path=path.strip() or None, limit=int(limit) or None)
-        (st.success if started.ok else st.error)(started.message)
+        try:
+            started = start_caption_job(settings, engine, actor=actor, source=source.value,
+                                        n_per_class=int(n_per_class), path=path.strip() or None,
+                                        limit=int(limit) or None)
+            (st.success if started.ok else st.error)(started.message)
+        except PermissionDenied as err:
+            st.error(str(err))
 
 
 def _cancel(job_id: int) -> None:
-    st.session_state["job_cancel_message"] = cancel_job(engine, job_id=job_id)
+    try:
+        st.session_state["job_cancel_message"] = cancel_job(engine, actor=actor, job_id=job_id)
+    except PermissionDenied as err:
+        st.session_state["job_cancel_message"] = str(err)
 
 
 @st.fragment(run_every="2s")

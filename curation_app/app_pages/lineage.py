@@ -5,9 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
+from pipeline.identity import PermissionDenied, Role
 from pipeline.services.lineage import delete_snapshot, lineage_view
 
-settings, engine = get_settings(), get_engine()
+settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Lineage")
 
 if "lineage_message" in st.session_state:
@@ -16,7 +18,10 @@ if "lineage_message" in st.session_state:
 
 
 def _delete(snapshot_id: str) -> None:
-    st.session_state["lineage_message"] = delete_snapshot(settings, engine, snapshot_id=snapshot_id)
+    try:
+        st.session_state["lineage_message"] = delete_snapshot(settings, engine, actor=actor, snapshot_id=snapshot_id)
+    except PermissionDenied as err:
+        st.session_state["lineage_message"] = (False, str(err))
 
 
 view = lineage_view(settings, engine)
@@ -36,6 +41,7 @@ for snap in view.snapshots:
                    f"students trained on it: {', '.join(snap.students) or 'none'}")
         with st.expander(f"Reviewed items in {snap.snapshot_id}"):
             st.dataframe(snap.items, hide_index=True)
-        st.button("Delete snapshot", key=f"del-{snap.snapshot_id}", on_click=_delete, args=(snap.snapshot_id,),
-                  icon=":material/delete:",
-                  help="Refused while a student was trained on it." if snap.students else None)
+        if actor.can(Role.admin):  # the service refuses everyone else too
+            st.button("Delete snapshot", key=f"del-{snap.snapshot_id}", on_click=_delete, args=(snap.snapshot_id,),
+                      icon=":material/delete:",
+                      help="Refused while a student was trained on it." if snap.students else None)

@@ -15,7 +15,7 @@ from pipeline.services.playground import (
     no_student_message,
     open_playground,
 )
-from pipeline.services.streaming import PlaygroundParams, stream_student, stream_teacher, teacher_tile
+from pipeline.services.streaming import GenerationConfig, stream_student, stream_teacher, teacher_tile
 
 settings, engine = get_settings(), get_engine()
 RESULT = "pg_result"
@@ -29,7 +29,7 @@ def teacher_model(model: str, device: str):  # noqa: ANN201
 
 @st.cache_resource(show_spinner="Loading the student…", max_entries=3)
 def student_model(folder: str):  # noqa: ANN201
-    return load_playground_student(folder)
+    return load_playground_student(folder, native_kernels=settings.native_kernels)
 
 
 def literal(pieces):  # noqa: ANN001, ANN201
@@ -136,7 +136,7 @@ cols = st.columns(3)
 for col, title in zip(cols, ("Teacher", "Student", "Approved")):
     col.subheader(title)
 if run:
-    params = PlaygroundParams(max_new_tokens=int(max_new), do_sample=sampling, temperature=temperature,
+    params = GenerationConfig(max_new_tokens=int(max_new), do_sample=sampling, temperature=temperature,
                               top_p=top_p, top_k=int(top_k), repetition_penalty=rep, seed=int(seed))
     image = inp.model_image()
     result = {"input": inp.model_png, "teacher": None, "student": None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from curation_app.components import (
-    current_reviewer,
     diff_view,
     flag_badges,
     guidelines_panel,
@@ -14,27 +13,26 @@ from curation_app.components import (
     reason_label,
 )
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
 from db.models import RejectReason, ReviewAction, ReviewState
 from db.review import QueueOrder
 from pipeline.classes import CLASSES
+from pipeline.identity import PermissionDenied
 from pipeline.services import review as studio
 
 ORDER_TEXT = {QueueOrder.balanced: "Classes furthest from target first",
               QueueOrder.risk: "Most auto-flags first", QueueOrder.oldest: "Oldest first"}
 
 settings, engine = get_settings(), get_engine()
-reviewer = current_reviewer()
+actor = current_actor()  # every decision records this signed-in user
 st.title("Review")
-if not reviewer:
-    st.warning("Type your reviewer name in the sidebar to start: every decision records who made it.")
-    st.stop()
 
 with st.sidebar:
     order = st.radio("Queue order", list(ORDER_TEXT), format_func=ORDER_TEXT.get, key="queue_order")
     label = st.selectbox("Class", [None, *CLASSES], format_func=lambda c: c or "All classes", key="queue_label")
     flags = studio.flag_choices()
     flag = st.selectbox("Auto-flag", [None, *flags], format_func=lambda f: flags.get(f, "Any"), key="queue_flag")
-spec = studio.QueueSpec(reviewer=reviewer, order=order, label=label, flag=flag,
+spec = studio.QueueSpec(order=order, label=label, flag=flag,
                         target_per_class=settings.target_per_class)
 
 
@@ -67,11 +65,11 @@ def _decide(action: ReviewAction, spec: studio.QueueSpec) -> None:
         kwargs["reason"] = st.session_state.get(_key("reason"))
         kwargs["note"] = st.session_state.get(_key("note")) or None
     st.session_state["review_view"] = studio.submit_decision(
-        engine, spec=spec, image_id=image_id, expected_version=version, action=action, **kwargs)
+        engine, actor=actor, spec=spec, image_id=image_id, expected_version=version, action=action, **kwargs)
 
 
 def _undo(spec: studio.QueueSpec) -> None:
-    st.session_state["review_view"] = studio.undo(engine, spec=spec)
+    st.session_state["review_view"] = studio.undo(engine, actor=actor, spec=spec)
 
 
 view = st.session_state.pop("review_view", None)
@@ -79,7 +77,12 @@ if view is None:
     fresh = st.session_state.get("queue_spec") not in (None, spec)
     wanted = st.session_state.pop("open_item", None)  # set by Browse's "Review this item"
     current = None if fresh else st.session_state.get("current_item")
-    view = studio.open_review(engine, spec=spec, image_id=wanted or current, fresh=fresh and not wanted)
+    try:
+        view = studio.open_review(engine, actor=actor, spec=spec, image_id=wanted or current,
+                                  fresh=fresh and not wanted)
+    except PermissionDenied as err:
+        st.error(str(err))
+        st.stop()
 st.session_state["queue_spec"] = spec
 
 progress_panel(view.progress, per_class=False)
@@ -96,7 +99,7 @@ if item is None:
     st.session_state.pop("shown", None)
     st.success("Nothing left to review with these filters.")
     st.button("Undo last decision", key="undo", shortcut="U", on_click=_undo, args=(spec,))
-    guidelines_panel(settings)
+    guidelines_panel(settings, actor)
     st.stop()
 
 base = item.final_caption if item.state == ReviewState.approved and item.final_caption else item.draft_text
@@ -136,4 +139,4 @@ for col, (text, action, keys, kind) in zip(cols, buttons):
 cols[-1].button("Undo", key="undo", shortcut="U", on_click=_undo, args=(spec,), width="stretch")
 st.caption("Keys: A approve · Ctrl+Enter save edit · X reject · S skip · U undo "
            "(letters work when the caption box is not focused: press Tab or click outside it).")
-guidelines_panel(settings)
+guidelines_panel(settings, actor)

@@ -8,8 +8,11 @@ import altair as alt
 import streamlit as st
 
 from curation_app.resources import get_engine, get_settings
+from curation_app.signin import current_actor
 from db.models import JobStatus
+from pipeline.identity import PermissionDenied
 from pipeline.services.train import (
+    BLEU_LABEL,
     ablation_table,
     cancel_training,
     per_class_table,
@@ -18,9 +21,9 @@ from pipeline.services.train import (
     train_view,
     training_runs,
 )
-from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.student.config import WEAK_MODES, StudentConfig, TrainConfig
 
-settings, engine = get_settings(), get_engine()
+settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Train")
 
 if "train_message" in st.session_state:
@@ -51,6 +54,13 @@ else:
         lr_lora = b[3].number_input("LR (LoRA)", 1e-6, 1.0, td.lr_lora, format="%.2e", key="tr_lr_lora")
         lr_proj = b[4].number_input("LR (projector)", 1e-6, 1.0, td.lr_projector, format="%.2e", key="tr_lr_proj")
         ckpt = b[5].number_input("Checkpoint every", 0, 100_000, td.checkpoint_every, key="tr_ckpt")
+        w = st.columns(3)
+        weak_mode = w[0].selectbox(
+            "Unreviewed drafts (weak split)", WEAK_MODES, index=WEAK_MODES.index(td.weak_mode), key="tr_weak_mode",
+            help="Needs a snapshot exported with the weak drafts. warmup: train on the drafts first; "
+                 "mix: every step adds the drafts' loss with a lower weight. Rejected drafts are never used.")
+        weak_steps = w[1].number_input("Warmup steps on drafts", 0, 1_000_000, td.weak_steps, key="tr_weak_steps")
+        weak_weight = w[2].number_input("Weight of drafts (mix)", 0.01, 1.0, td.weak_weight, key="tr_weak_weight")
         if st.form_submit_button("Start training", key="tr_start", type="primary", icon=":material/play_arrow:"):
             try:
                 student = StudentConfig(**{**sd.__dict__, "base_model": base, "lora_r": int(lora_r),
@@ -58,23 +68,33 @@ else:
                                            "patch_size": int(patch), "quantize_4bit": qlora})
                 train = TrainConfig(**{**td.__dict__, "epochs": float(epochs), "max_steps": int(max_steps),
                                        "batch_size": int(batch), "lr_lora": lr_lora, "lr_projector": lr_proj,
-                                       "checkpoint_every": int(ckpt)})
+                                       "checkpoint_every": int(ckpt), "weak_mode": weak_mode,
+                                       "weak_steps": int(weak_steps), "weak_weight": float(weak_weight)})
             except ValueError as err:
                 st.session_state["train_message"] = (False, f"Check the form: {err}")
             else:
-                started = start_training(settings, engine, snapshot_id=snapshot, name=name.strip(),
-                                         student=student, train=train)
-                st.session_state["train_message"] = (started.ok, started.message)
+                try:
+                    started = start_training(settings, engine, actor=actor, snapshot_id=snapshot,
+                                             name=name.strip(), student=student, train=train)
+                    st.session_state["train_message"] = (started.ok, started.message)
+                except PermissionDenied as err:
+                    st.session_state["train_message"] = (False, str(err))
             st.rerun()
 
 
 def _cancel(job_id: int) -> None:
-    st.session_state["train_message"] = (True, cancel_training(engine, job_id=job_id))
+    try:
+        st.session_state["train_message"] = (True, cancel_training(engine, actor=actor, job_id=job_id))
+    except PermissionDenied as err:
+        st.session_state["train_message"] = (False, str(err))
 
 
 def _resume(job_id: int) -> None:
-    started = resume_training(settings, engine, job_id=job_id)
-    st.session_state["train_message"] = (started.ok, started.message)
+    try:
+        started = resume_training(settings, engine, actor=actor, job_id=job_id)
+        st.session_state["train_message"] = (started.ok, started.message)
+    except PermissionDenied as err:
+        st.session_state["train_message"] = (False, str(err))
 
 
 def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
@@ -88,7 +108,8 @@ def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
         return
     st.markdown("Image ablation: the same items with a blank grey image and with shuffled images; "
                 "a student that reads the image scores clearly higher on `real`.")
-    st.dataframe(ablation_table(run.report), hide_index=True, key=f"tr_ablation_{run.job_id}")
+    st.dataframe(ablation_table(run.report), hide_index=True, key=f"tr_ablation_{run.job_id}",
+                 column_config={"bleu": st.column_config.NumberColumn(BLEU_LABEL, format="%.1f")})
     per_class = per_class_table(run.report)
     if not per_class.empty:
         st.markdown("Class-mention accuracy per class")
@@ -97,7 +118,7 @@ def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
 
 @st.fragment(run_every="2s")
 def runs_panel() -> None:
-    runs = training_runs(settings, engine, limit=5)
+    runs = training_runs(settings, engine, actor=actor, limit=5)
     if not runs:
         st.info("No training runs yet.")
         return

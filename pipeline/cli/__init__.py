@@ -12,6 +12,7 @@ from pipeline.cli.db import db_app
 from pipeline.cli.export import export
 from pipeline.cli.store import build_tiny, caption, import_, init, status
 from pipeline.cli.student import evaluate_command, train_command
+from pipeline.cli.users import users
 
 app = typer.Typer(
     help="Caption-curation studio: import images, draft captions with the teacher, export, "
@@ -28,4 +29,5 @@ app.command()(export)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command()(compare)
+app.add_typer(users, name="users")
 app.add_typer(db_app, name="db")

@@ -10,10 +10,10 @@ from pathlib import Path
 import typer
 
 from db.engine import init_store
+from pipeline.generation import GenerationConfig
 from pipeline.jobs import JobReporter
 from pipeline.settings import Settings
 from pipeline.student.compare import read_results, run_compare
-from pipeline.student.config import GenerationConfig
 
 
 def compare(

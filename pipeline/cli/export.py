@@ -21,6 +21,10 @@ def export(
     val_fraction: float = typer.Option(0.2, help="Share of each class held out for validation."),
     seed: int = typer.Option(0, help="Seed of the stratified train/validation split."),
     exported_by: str | None = typer.Option(None, help="Who is exporting (kept in the manifest)."),
+    include_weak_drafts: bool = typer.Option(
+        False, "--include-weak-drafts",
+        help="Also add the pending (unreviewed) teacher drafts as a separate, clearly marked `weak` split.",
+    ),
     job_id: int | None = typer.Option(None, help="Job row to report progress into (set by the app)."),
 ) -> None:
     """Export every approved caption as a new snapshot under <data_dir>/exports."""
@@ -34,11 +38,11 @@ def export(
 
             result = export_snapshot(
                 settings, engine, override_balance=override_balance, val_fraction=val_fraction,
-                seed=seed, exported_by=exported_by, progress=progress,
+                seed=seed, exported_by=exported_by, include_weak=include_weak_drafts, progress=progress,
             )
             job.result = {
                 "snapshot_id": result.snapshot_id, "path": str(result.path),
-                "content_hash": result.content_hash, "n_items": result.n_items,
+                "content_hash": result.content_hash, "n_items": result.n_items, "n_weak": result.n_weak,
             }
     except (BalanceError, ExportError) as err:
         typer.echo(str(err), err=True)

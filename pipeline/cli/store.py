@@ -25,6 +25,13 @@ def open_store(settings: Settings):  # noqa: ANN201
     return init_store(settings.resolved_database_url)
 
 
+class CaptionEngine(str, enum.Enum):
+    """Where the teacher runs."""
+
+    local = "local"
+    ray = "ray"
+
+
 class TinyKind(str, enum.Enum):
     """Which tiny random model to build."""
 
@@ -109,11 +116,18 @@ def caption(
     seed: int = typer.Option(0, help="Random seed for sampling."),
     threads: int | None = typer.Option(
         None, min=1, help="CPU threads for torch (default: one per core; 1 is faster for tiny models)."),
+    engine: CaptionEngine = typer.Option(
+        CaptionEngine.local, help="local: this process; ray: a pool of teacher workers on Ray Data."),
+    ray_address: str | None = typer.Option(
+        None, help="--engine ray: cluster to join (auto, or HEAD:6379 after `ray start --address`); default: local."),
+    workers: int = typer.Option(2, min=1, help="--engine ray: teacher workers (each loads the teacher once)."),
+    gpus_per_worker: float = typer.Option(0.0, min=0, help="--engine ray: GPUs per worker (0: CPU workers)."),
     job_id: int | None = typer.Option(None, help="Job row to report progress to (set by the app)."),
 ) -> None:
     """Draft captions with the teacher for images that have none; resumable after any crash."""
+    from pipeline.generation import GenerationConfig
     from pipeline.teacher.drafting import CaptionRequest
-    from pipeline.teacher.model import DEFAULT_PROMPT, GenerationParams, TeacherError
+    from pipeline.teacher.model import DEFAULT_PROMPT, TeacherError
 
     settings = Settings()
     if threads is not None:
@@ -121,7 +135,7 @@ def caption(
 
         torch.set_num_threads(threads)
     try:
-        params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        params = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
         request = CaptionRequest(prompt=prompt or DEFAULT_PROMPT, params=params,
                                  batch_size=batch_size or settings.batch_size, limit=limit,
@@ -129,9 +143,16 @@ def caption(
                                  per_prompt=per_prompt or bool(prompt and image_id))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    ray_options = None
+    if engine == CaptionEngine.ray:
+        from pipeline.teacher.ray_engine import RayOptions
+
+        ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                 cpus_per_worker=threads or 1)
     try:
         summary = _run_caption_job(settings, request, model=teacher_model or settings.teacher_model,
-                                   device=device or settings.device, dtype=dtype, job_id=job_id)
+                                   device=device or settings.device, dtype=dtype, job_id=job_id,
+                                   ray_options=ray_options)
     except (TeacherError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -143,7 +164,7 @@ def caption(
 
 
 def _run_caption_job(settings: Settings, request, *, model: str, device: str, dtype: str,  # noqa: ANN001
-                     job_id: int | None):  # noqa: ANN202
+                     job_id: int | None, ray_options=None):  # noqa: ANN001, ANN202
     """Load the teacher and caption, with a tqdm bar here and progress in the job row.
 
     Returns the CaptionSummary, or None when the job was cancelled (finished batches are kept)."""
@@ -154,6 +175,10 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
     engine, summary = open_store(settings), None
     try:
         with JobReporter(settings, job_id) as reporter:  # swallows a cancel: summary stays None
+            if ray_options is not None:
+                summary = _run_on_ray(engine, request, reporter, model=model, device=device, dtype=dtype,
+                                      options=ray_options)
+                return summary
             teacher = load_teacher(model, device=device, dtype=dtype)
             note = " (tiny random test model: captions are noise)" if teacher.tiny else ""
             typer.echo(f"teacher {model} on {teacher.device} in {teacher.dtype}{note}")
@@ -167,6 +192,27 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
             reporter.progress(summary.total, summary.total, f"done: {summary.written} drafts", force=True)
     finally:
         engine.dispose()
+    return summary
+
+
+def _run_on_ray(engine, request, reporter, *, model: str, device: str, dtype: str, options):  # noqa: ANN001, ANN202
+    """The Ray engine with the same tqdm bar and job-row progress; a cancel stops the Ray work."""
+    from pipeline.jobs import JobCancelled
+    from pipeline.teacher.ray_engine import run_captioning_ray
+
+    where = options.address or "a local Ray"
+    typer.echo(f"teacher {model} on {options.workers} Ray workers ({where}, {options.gpus_per_worker} GPU each)")
+    with tqdm(desc="captioning (ray)", unit="img") as bar:
+        def tick(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            reporter.progress(done, total, f"captioned {done}/{total} on Ray", raise_on_cancel=False)
+        summary = run_captioning_ray(engine, request, model=model, device=device, dtype=dtype,
+                                     options=options, on_progress=tick, should_stop=reporter.should_stop)
+    if reporter.should_stop():
+        raise JobCancelled(f"cancelled after {summary.written} drafts")
+    reporter.result = summary.as_dict()
+    reporter.progress(summary.total, summary.total, f"done: {summary.written} drafts", force=True)
     return summary
 
 

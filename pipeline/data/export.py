@@ -11,10 +11,10 @@ import shutil
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -24,8 +24,8 @@ from db.lineage import list_snapshot_rows, list_students, register_snapshot
 from db.models import Draft, Image, Review, ReviewState
 from pipeline import __version__
 from pipeline.classes import CLASSES
-from pipeline.settings import Settings
 from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, new_snapshot_id, write_snapshot
+from pipeline.settings import Settings
 
 STALE_TEMP_S = 3600  # a temporary export folder this old belongs to a crashed export
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same snapshot zips to the same bytes
@@ -50,6 +50,7 @@ class ExportConfig:
     seed: int = 0  # seed of the stratified train/validation split
     exported_by: str | None = None  # who asked for the export (shown in the list)
     target_per_class: int = 10  # approved pairs wanted per CIFAR-10 class
+    include_weak: bool = False  # add pending (unreviewed) teacher drafts as a separate `weak` split
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -90,6 +91,7 @@ class ExportResult:
     counts_per_class: dict[str, int]
     split_counts: dict[str, int]
     balance: BalanceReport
+    n_weak: int = 0  # unreviewed teacher drafts in the separate `weak` split
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,23 @@ def approved_records(session: Session) -> tuple[list[SnapshotRecord], list[dict]
     return records, drafts
 
 
+def weak_records(session: Session) -> list[SnapshotRecord]:
+    """Every still-pending item that has a teacher draft, captioned with that unreviewed draft.
+
+    Only `pending` items: a rejected draft is never used, and a skipped one had a reviewer's doubt.
+    """
+    rows = session.exec(
+        select(Review, Image, Draft).join(Image, Image.id == Review.image_id)
+        .join(Draft, Draft.id == Review.draft_id)
+        .where(Review.state == ReviewState.pending).order_by(Review.image_id)
+    ).all()
+    return [SnapshotRecord(image_png=image.png, text=draft.text, label=image.label, item_id=str(image.id),
+                           teacher_draft=draft.text,
+                           extra={"image_id": image.id, "draft_id": draft.id, "source_key": image.source_key,
+                                  "teacher_model": draft.model_id, "unreviewed": True})
+            for _review, image, draft in rows if draft.text.strip()]
+
+
 def teacher_provenance(drafts: list[dict]) -> list[dict]:
     """Distinct (model, revision, prompt, params) behind the drafts, with how many items each."""
     counts = Counter(json.dumps(d, sort_keys=True, ensure_ascii=False) for d in drafts)
@@ -167,19 +186,23 @@ def export_snapshot(
     val_fraction: float = 0.2,
     seed: int = 0,
     exported_by: str | None = None,
+    include_weak: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Write every approved pair as a new snapshot under settings.exports_dir and register it.
 
     Raises BalanceError (nothing written) when a CIFAR-10 class is below
     settings.target_per_class unless `override_balance`; ExportError when nothing is approved.
+    With `include_weak`, pending teacher drafts go into a separate `weak` split (never train/validation).
     """
     config = ExportConfig(override_balance=override_balance, val_fraction=val_fraction, seed=seed,
-                          exported_by=exported_by, target_per_class=settings.target_per_class)
+                          exported_by=exported_by, target_per_class=settings.target_per_class,
+                          include_weak=include_weak)
     report = progress or (lambda done, total, message: None)
     report(0, 3, "reading approved pairs")
     with session_scope(engine) as s:
         records, drafts = approved_records(s)
+        weak = weak_records(s) if config.include_weak else []
     if not records:
         raise ExportError("Nothing is approved yet: approve some captions before exporting.")
     balance = balance_from_counts(Counter(r.label for r in records), target_per_class=config.target_per_class)
@@ -187,12 +210,12 @@ def export_snapshot(
         raise BalanceError(balance.message() + " Export anyway with the balance override.")
     root = Path(settings.exports_dir)
     sweep_stale_temps(root)
-    chash = content_hash(records)
+    chash = content_hash(records, weak)
     snapshot_id = new_snapshot_id(root, chash)
     provenance = export_provenance(config, records=records, drafts=drafts, balance=balance)
     report(1, 3, f"writing {len(records)} pairs")
     path = write_snapshot(records, root, snapshot_id=snapshot_id, val_fraction=val_fraction,
-                          seed=seed, provenance=provenance)
+                          seed=seed, provenance=provenance, weak_records=weak)
     report(2, 3, "registering the snapshot")
     manifest = json.loads((path / "manifest.json").read_text())
     try:
@@ -208,7 +231,7 @@ def export_snapshot(
     return ExportResult(
         snapshot_id=snapshot_id, path=path, content_hash=chash, n_items=len(records),
         counts_per_class=manifest["counts_per_class"], split_counts=manifest["split_counts"],
-        balance=balance,
+        balance=balance, n_weak=manifest.get("n_weak", 0),
     )
 
 
@@ -217,7 +240,7 @@ def export_provenance(config: ExportConfig, *, records: list[SnapshotRecord], dr
     """What the manifest says about where the pairs came from and how they were exported."""
     return {
         "app": "capstudio", "app_version": __version__, "exported_by": config.exported_by,
-        "exported_at": datetime.now(timezone.utc).isoformat(), "config": asdict(config),
+        "exported_at": datetime.now(UTC).isoformat(), "config": asdict(config),
         "teachers": teacher_provenance(drafts),
         "reviewers": sorted({r.reviewer for r in records if r.reviewer}),
         "balance": {"ok": balance.ok, "below_target": balance.below, "overridden": not balance.ok},

@@ -10,9 +10,12 @@ A snapshot is an immutable folder in the Hugging Face `imagefolder` layout:
         train/<file>.png
         validation/metadata.jsonl
         validation/<file>.png
+        weak/metadata.jsonl      optional: unreviewed teacher drafts, never mixed into train/validation
+        weak/<file>.png
 
 `datasets.load_dataset("imagefolder", data_dir=<snapshot>)` loads it with a train and a
-validation split; the `text` column holds the approved caption.
+validation split (and a `weak` split when the export added unreviewed drafts); the `text` column holds the
+approved caption (in `weak`: the teacher's unreviewed draft).
 """
 from __future__ import annotations
 
@@ -24,14 +27,15 @@ import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 
 SPLITS = ("train", "validation")
+WEAK_SPLIT = "weak"  # unreviewed teacher drafts: a separate, clearly marked split, never train/validation
 FORMAT_VERSION = 1
 
 
@@ -59,6 +63,7 @@ class Snapshot:
     manifest: dict
     train: list[SnapshotRecord]
     validation: list[SnapshotRecord]
+    weak: list[SnapshotRecord] = field(default_factory=list)
 
     @property
     def snapshot_id(self) -> str:
@@ -73,10 +78,14 @@ class SnapshotExistsError(FileExistsError):
     """A snapshot with that id is already on disk: snapshots are never overwritten."""
 
 
-def content_hash(records: Iterable[SnapshotRecord]) -> str:
-    """sha256 over (image bytes, caption, label) of every record, in a canonical order."""
+def content_hash(records: Iterable[SnapshotRecord], weak: Iterable[SnapshotRecord] = ()) -> str:
+    """sha256 over (image bytes, caption, label) of every record, in a canonical order; weak records
+    (unreviewed drafts) are marked as such, and a snapshot without them hashes as it always did."""
     digests = sorted(
         hashlib.sha256(r.image_png).hexdigest() + "\t" + r.label + "\t" + r.text for r in records
+    )
+    digests += sorted(
+        "weak\t" + hashlib.sha256(r.image_png).hexdigest() + "\t" + r.label + "\t" + r.text for r in weak
     )
     return hashlib.sha256("\n".join(digests).encode("utf-8")).hexdigest()
 
@@ -107,7 +116,7 @@ def _record_key(r: SnapshotRecord) -> str:
 
 def new_snapshot_id(root: Path, chash: str) -> str:
     """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = f"snap-{stamp}-{chash[:8]}"
     candidate, n = base, 1
     while (Path(root) / candidate).exists():
@@ -125,6 +134,7 @@ def write_snapshot(
     seed: int = 0,
     provenance: dict | None = None,
     card_text: str = "",
+    weak_records: list[SnapshotRecord] = (),
 ) -> Path:
     """Write records as a new snapshot under root, atomically; returns its folder.
 
@@ -135,24 +145,29 @@ def write_snapshot(
         raise ValueError("a snapshot needs at least one record")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    chash = content_hash(records)
+    gold_keys = {_record_key(r) for r in records}
+    weak_records = [r for r in weak_records if _record_key(r) not in gold_keys]  # approved wins
+    chash = content_hash(records, weak_records)
     if snapshot_id is None:
         snapshot_id = new_snapshot_id(root, chash)
     final = root / snapshot_id
     if final.exists():
         raise SnapshotExistsError(f"snapshot {snapshot_id} already exists at {final}")
     splits = assign_splits(records, val_fraction=val_fraction, seed=seed)
+    splits |= {_record_key(r): WEAK_SPLIT for r in weak_records}
     tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}.", dir=root))
     try:
-        _write_files(tmp, records, splits)
+        _write_files(tmp, [*records, *weak_records], splits)
         manifest = {
             "format_version": FORMAT_VERSION,
             "snapshot_id": snapshot_id,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "content_hash": chash,
             "n_items": len(records),
             "counts_per_class": dict(sorted(Counter(r.label for r in records).items())),
             "split_counts": dict(Counter(splits.values())),
+            "n_weak": len(weak_records),
+            "weak_counts_per_class": dict(sorted(Counter(r.label for r in weak_records).items())),
             "split": {"val_fraction": val_fraction, "seed": seed},
             "provenance": provenance or {},
         }
@@ -173,7 +188,7 @@ def _write_files(folder: Path, records: list[SnapshotRecord], splits: dict[str, 
     import pyarrow.parquet as pq
 
     rows = []
-    meta: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    meta: dict[str, list[dict]] = {s: [] for s in (*SPLITS, WEAK_SPLIT)}
     for r in sorted(records, key=_record_key):
         split = splits[_record_key(r)]
         digest = hashlib.sha256(r.image_png).hexdigest()[:12]
@@ -205,8 +220,8 @@ def read_snapshot(path: Path) -> Snapshot:
     if not manifest_file.is_file():
         raise FileNotFoundError(f"{path} is not a snapshot: no manifest.json")
     manifest = json.loads(manifest_file.read_text())
-    parts: dict[str, list[SnapshotRecord]] = {s: [] for s in SPLITS}
-    for split in SPLITS:
+    parts: dict[str, list[SnapshotRecord]] = {s: [] for s in (*SPLITS, WEAK_SPLIT)}
+    for split in parts:
         meta = path / split / "metadata.jsonl"
         if not meta.exists():
             continue
@@ -223,7 +238,8 @@ def read_snapshot(path: Path) -> Snapshot:
                     extra=json.loads(row.get("extra") or "{}"),
                 )
             )
-    return Snapshot(path=path, manifest=manifest, train=parts["train"], validation=parts["validation"])
+    return Snapshot(path=path, manifest=manifest, train=parts["train"], validation=parts["validation"],
+                    weak=parts[WEAK_SPLIT])
 
 
 def list_snapshots(root: Path) -> list[dict]:
@@ -252,7 +268,8 @@ task_categories: [image-to-text]
 Reviewed image-caption pairs: CIFAR-10 images (32x32 RGB) with captions drafted by a
 teacher vision-language model and approved or edited by human reviewers.
 
-- items: {manifest['n_items']} ({manifest['split_counts']})
+- approved items: {manifest['n_items']} ({manifest['split_counts']})
+- unreviewed teacher drafts (split `weak`, not reviewed by anyone): {manifest.get('n_weak', 0)}
 - content hash (sha256 over images, labels and captions): `{manifest['content_hash']}`
 - created: {manifest['created_at']}
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError

@@ -14,12 +14,14 @@ from db.jobs import list_jobs
 from db.lineage import list_snapshot_rows
 from db.models import JobKind, Review, ReviewAction, ReviewState
 from db.review import decide
+from pipeline.identity import Actor, Role, require
 from pipeline.jobs import start_job
 from pipeline.services.lineage import sync_students
 from pipeline.settings import Settings
 from pipeline.student.compare import list_results, read_results
+from pipeline.student.metrics import BLEU_LABEL
 
-__all__ = ["CompareView", "SendBackResult", "compare_view", "read_results", "send_back", "start_compare"]
+__all__ = ["BLEU_LABEL", "CompareView", "SendBackResult", "compare_view", "read_results", "send_back", "start_compare"]
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,20 @@ class SendBackResult:
         return text + (" Not sent: " + " ".join(self.refused) if self.refused else "")
 
 
-def start_compare(settings: Settings, *, student_dir: str, snapshot: str, split: str = "validation",
+def start_compare(settings: Settings, *, actor: Actor, student_dir: str, snapshot: str, split: str = "validation",
                   max_new_tokens: int = 40) -> int:
     """Run the compare as a job (a `python -m pipeline compare` process); returns the job id."""
+    require(actor, Role.curator, "start a batch compare")
     argv = ["compare", "--student", str(student_dir), "--snapshot", snapshot, "--split", split,
             "--max-new-tokens", str(max_new_tokens)]
     params = {"student": str(student_dir), "snapshot": snapshot, "split": split,
-              "max_new_tokens": max_new_tokens}
+              "max_new_tokens": max_new_tokens, "started_by": actor.name}
     return start_job(settings, kind=JobKind.compare, argv=argv, params=params)
 
 
-def send_back(engine: Engine, *, image_ids: list[int], reviewer: str) -> SendBackResult:
+def send_back(engine: Engine, *, actor: Actor, image_ids: list[int]) -> SendBackResult:
     """Reopen decided items (approved/rejected/skipped) so they return to the review queue."""
+    require(actor, Role.curator, "send items back to review")
     reopened, refused = [], []
     for image_id in image_ids:
         try:
@@ -56,7 +60,7 @@ def send_back(engine: Engine, *, image_ids: list[int], reviewer: str) -> SendBac
                 if review.state == ReviewState.pending:
                     refused.append(f"item {image_id} is already pending.")
                     continue
-                decide(s, image_id=review.image_id, reviewer=reviewer, action=ReviewAction.reopen,
+                decide(s, image_id=review.image_id, reviewer=actor.name, action=ReviewAction.reopen,
                        expected_version=review.version, note="sent back from batch compare")
             reopened.append(int(image_id))
         except StoreError as err:

@@ -15,6 +15,7 @@ from pipeline.data.export import (
     list_exports,
     zip_snapshot,
 )
+from pipeline.identity import Actor, Role, require
 from pipeline.settings import Settings
 
 __all__ = ["ExportView", "export_view", "run_export", "zip_snapshot"]
@@ -37,13 +38,18 @@ def export_view(settings: Settings, engine: Engine) -> ExportView:
     return ExportView(balance=balance, balance_table=table, snapshots=list_exports(settings, engine))
 
 
-def run_export(settings: Settings, engine: Engine, *, override_balance: bool,
-               exported_by: str | None = None) -> tuple[bool, str]:
-    """Write a snapshot now; (ok, message) — a balance or empty-store refusal is a message."""
+def run_export(settings: Settings, engine: Engine, *, actor: Actor, override_balance: bool,
+               include_weak: bool = False) -> tuple[bool, str]:
+    """Write a snapshot now, recorded as exported by `actor`; (ok, message) — a balance or empty-store
+    refusal is a message, a role that may not export raises PermissionDenied. `include_weak` adds the
+    pending teacher drafts as a separate weak split."""
+    require(actor, Role.curator, "export a snapshot")
     try:
-        result = export_snapshot(settings, engine, override_balance=override_balance, exported_by=exported_by)
+        result = export_snapshot(settings, engine, override_balance=override_balance, exported_by=actor.name,
+                                 include_weak=include_weak)
     except ExportError as err:
         return False, str(err)
+    weak = f" plus {result.n_weak} unreviewed teacher drafts in the separate weak split" if include_weak else ""
     return True, (f"Snapshot {result.snapshot_id} written: {result.n_items} pairs "
                   f"({result.split_counts.get('train', 0)} train, {result.split_counts.get('validation', 0)} "
-                  f"validation) at {result.path}.")
+                  f"validation){weak} at {result.path}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.identity import Actor, Role, require
 from pipeline.settings import Settings
 
 DEFAULT_GUIDELINES = """\
@@ -31,7 +32,8 @@ def read_guidelines(settings: Settings) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else DEFAULT_GUIDELINES
 
 
-def write_guidelines(settings: Settings, *, text: str) -> Path:
+def write_guidelines(settings: Settings, *, actor: Actor, text: str) -> Path:
+    require(actor, Role.curator, "edit the guidelines")
     path = guidelines_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

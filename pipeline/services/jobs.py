@@ -12,6 +12,7 @@ from db.errors import StoreError
 from db.jobs import ACTIVE, list_jobs, request_cancel
 from db.models import JobKind, JobStatus
 from pipeline.data.sources import ImportSource, SourceError, import_images
+from pipeline.identity import Actor, Role, require
 from pipeline.jobs import start_job
 from pipeline.settings import Settings
 
@@ -23,9 +24,10 @@ class JobStart:
     job_id: int | None = None
 
 
-def start_caption_job(settings: Settings, engine: Engine, *, source: str, n_per_class: int,
+def start_caption_job(settings: Settings, engine: Engine, *, actor: Actor, source: str, n_per_class: int,
                       path: str | None = None, limit: int | None = None) -> JobStart:
     """Import up to `n_per_class` images per class, then caption every undrafted one as a job."""
+    require(actor, Role.curator, "import images and start captioning jobs")
     try:
         summary = import_images(engine, source=ImportSource(source), n_per_class=n_per_class,
                                 path=Path(path) if path else None)
@@ -33,7 +35,7 @@ def start_caption_job(settings: Settings, engine: Engine, *, source: str, n_per_
         return JobStart(ok=False, message=f"Import failed: {err}")
     argv = ["caption"] + (["--limit", str(limit)] if limit else [])
     params = {"source": source, "n_per_class": n_per_class, "path": path, "limit": limit,
-              "imported": summary.added}
+              "imported": summary.added, "started_by": actor.name}
     job_id = start_job(settings, kind=JobKind.caption, argv=argv, params=params)
     return JobStart(ok=True, job_id=job_id,
                     message=f"Imported {summary.added} new images; captioning job {job_id} started.")
@@ -54,8 +56,9 @@ def jobs_view(engine: Engine, *, limit: int = 20) -> pd.DataFrame:
                                        "error", "started", "active", "cancel_requested", "log_path"])
 
 
-def cancel_job(engine: Engine, *, job_id: int) -> str:
+def cancel_job(engine: Engine, *, actor: Actor, job_id: int) -> str:
     """Ask a running job to stop (it finishes its current batch first)."""
+    require(actor, Role.curator, "cancel jobs")
     try:
         with session_scope(engine) as s:
             job = request_cancel(s, job_id=job_id)

@@ -15,9 +15,10 @@ from db.engine import session_scope
 from db.errors import StoreError
 from db.lineage import get_snapshot_row, list_students, register_student
 from db.models import Student
+from pipeline.identity import Actor, Role, require
 from pipeline.settings import Settings
 
-HEADLINE = ("optimizer_steps", "final_val_loss", "real_class_mention", "blank_class_mention", "bleu4",
+HEADLINE = ("optimizer_steps", "final_val_loss", "real_class_mention", "blank_class_mention", "bleu",
             "rouge_l")
 """The metrics the lineage table shows for each student."""
 
@@ -60,7 +61,7 @@ def _report_summary(report: dict) -> dict:
     for cond, m in conds.items():
         out[f"{cond}_class_mention"] = m.get("class_mention", {}).get("accuracy")
         if cond == "real":
-            out.update({k: m.get(k) for k in ("bleu4", "rouge_l", "cider")})
+            out.update({k: m.get(k) for k in ("bleu", "rouge_l", "cider")})
     return {k: round(v, 4) for k, v in out.items() if isinstance(v, (int, float))}
 
 
@@ -112,8 +113,9 @@ def _items(folder: Path) -> pd.DataFrame:
     return df.rename(columns={"text": "caption"})[cols]
 
 
-def delete_snapshot(settings: Settings, engine: Engine, *, snapshot_id: str) -> tuple[bool, str]:
+def delete_snapshot(settings: Settings, engine: Engine, *, actor: Actor, snapshot_id: str) -> tuple[bool, str]:
     """Forget a snapshot and remove its folder; refused while a student was trained on it."""
+    require(actor, Role.admin, "delete snapshots")
     import shutil
 
     from db.lineage import delete_snapshot_row

@@ -51,7 +51,7 @@ class ModelOption:
         if self.kind == ModelKind.teacher:
             return f"Teacher · {self.path}"
         bits = [f"Student · {Path(self.path).name}", f"snapshot {self.snapshot_id or '?'}"]
-        for key in ("real_class_mention", "blank_class_mention", "bleu4", "final_val_loss"):
+        for key in ("real_class_mention", "blank_class_mention", "bleu", "final_val_loss"):
             if isinstance(self.metrics.get(key), (int, float)):
                 bits.append(f"{key} {self.metrics[key]:.3g}")
         return " · ".join(bits)
@@ -161,11 +161,12 @@ def load_playground_teacher(model: str, *, device: str = "auto") -> Teacher:
         ) from exc
 
 
-def load_playground_student(folder: str, *, device: str = "cpu"):  # noqa: ANN201 - a pipeline.student Student
+def load_playground_student(folder: str, *, device: str = "cpu",  # noqa: ANN201 - a pipeline.student Student
+                            native_kernels: bool = True):
     from pipeline.student.loader import load_student
 
     try:
-        return load_student(Path(folder), device=device)
+        return load_student(Path(folder), device=device, native_kernels=native_kernels)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelUnavailable(
             f"The student in {folder} cannot be loaded ({type(exc).__name__}: {exc}). Check that its "

@@ -3,7 +3,8 @@
 
 Every function takes the engine, does its work in one
 short session, and returns plain data (dataclasses, DataFrames) that a page only renders.
-Refusals from the store (stale view, claimed item, bad caption) come back as a message.
+Refusals from the store (stale view, claimed item, bad caption) come back as a message; a role that
+may not review raises PermissionDenied. The reviewer recorded is always the signed-in `actor`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from db.models import RejectReason, ReviewAction
 from db.review import QueueOrder, ReviewItem, claim_item, claim_next, decide, get_item, release_claims, undo_last
 from pipeline.classes import CLASSES
 from pipeline.data.images import upscale_png
+from pipeline.identity import Actor, Role, require
 from pipeline.services.overview import Progress, progress
 from pipeline.teacher.flags import flag_choices
 
@@ -44,9 +46,8 @@ class DiffOp(str, enum.Enum):
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """Who is reviewing and which part of the queue they want."""
+    """Which part of the queue the reviewer wants."""
 
-    reviewer: str
     order: QueueOrder = QueueOrder.balanced
     label: str | None = None
     flag: str | None = None
@@ -72,58 +73,61 @@ def _view(session: Session, spec: QueueSpec, item: ReviewItem | None, *, ok: boo
     return ReviewView(item=item, progress=progress(session, targets=spec.targets), ok=ok, message=message)
 
 
-def _next(session: Session, spec: QueueSpec) -> ReviewItem | None:
-    return claim_next(session, reviewer=spec.reviewer, order=spec.order, targets=spec.targets,
+def _next(session: Session, actor: Actor, spec: QueueSpec) -> ReviewItem | None:
+    return claim_next(session, reviewer=actor.name, order=spec.order, targets=spec.targets,
                       label=spec.label, flag=spec.flag)
 
 
-def open_review(engine: Engine, *, spec: QueueSpec, image_id: int | None = None,
+def open_review(engine: Engine, *, actor: Actor, spec: QueueSpec, image_id: int | None = None,
                 fresh: bool = False) -> ReviewView:
     """The item to review: `image_id` if given and free, else the reviewer's next claimed item.
 
     `fresh` drops the reviewer's claims first (the queue filters changed: claim anew).
     """
+    require(actor, Role.reviewer, "review captions")
     try:
         with session_scope(engine) as s:
             if fresh:
-                release_claims(s, reviewer=spec.reviewer)
+                release_claims(s, reviewer=actor.name)
             if image_id is not None:
-                return _view(s, spec, claim_item(s, image_id=image_id, reviewer=spec.reviewer))
-            return _view(s, spec, _next(s, spec))
+                return _view(s, spec, claim_item(s, image_id=image_id, reviewer=actor.name))
+            return _view(s, spec, _next(s, actor, spec))
     except StoreError as err:
         with session_scope(engine) as s:
-            return _view(s, spec, _next(s, spec), ok=False, message=str(err))
+            return _view(s, spec, _next(s, actor, spec), ok=False, message=str(err))
 
 
 def submit_decision(
-    engine: Engine, *, spec: QueueSpec, image_id: int, expected_version: int, action: ReviewAction,
+    engine: Engine, *, actor: Actor, spec: QueueSpec, image_id: int, expected_version: int, action: ReviewAction,
     caption: str | None = None, reason: RejectReason | None = None, note: str | None = None,
 ) -> ReviewView:
     """Decide one item and claim the next in one round trip; a refusal keeps the item in hand."""
+    require(actor, Role.reviewer, "decide review items")
     try:
         with session_scope(engine) as s:
-            decide(s, image_id=image_id, reviewer=spec.reviewer, action=action,
+            decide(s, image_id=image_id, reviewer=actor.name, action=action,
                    expected_version=expected_version, caption=caption, reason=reason, note=note)
             done = f"Item {image_id} {DONE_TEXT.get(action, action.value)}: saved."
-            return _view(s, spec, _next(s, spec), message=done)
+            return _view(s, spec, _next(s, actor, spec), message=done)
     except StoreError as err:
         with session_scope(engine) as s:
             item = get_item(s, image_id=image_id)
-            if item.version != expected_version or item.claimed_by not in (None, spec.reviewer):
-                item = _next(s, spec)  # the item moved on: show the reviewer something fresh
+            if item.version != expected_version or item.claimed_by not in (None, actor.name):
+                item = _next(s, actor, spec)  # the item moved on: show the reviewer something fresh
             return _view(s, spec, item, ok=False, message=str(err))
 
 
-def undo(engine: Engine, *, spec: QueueSpec) -> ReviewView:
-    """Undo the reviewer's last decision and put that item back in their hands."""
+def undo(engine: Engine, *, actor: Actor, spec: QueueSpec) -> ReviewView:
+    """Undo the reviewer's own last decision and put that item back in their hands."""
+    require(actor, Role.reviewer, "undo review decisions")
     try:
         with session_scope(engine) as s:
-            review = undo_last(s, reviewer=spec.reviewer)
+            review = undo_last(s, reviewer=actor.name)
             item = get_item(s, image_id=review.image_id)
             return _view(s, spec, item, message=f"Item {item.image_id}: last decision undone.")
     except StoreError as err:
         with session_scope(engine) as s:
-            return _view(s, spec, _next(s, spec), ok=False, message=str(err))
+            return _view(s, spec, _next(s, actor, spec), ok=False, message=str(err))
 
 
 def word_diff(before: str, after: str) -> list[tuple[DiffOp, str]]:

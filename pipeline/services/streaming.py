@@ -11,57 +11,8 @@ from threading import Thread
 import torch
 from PIL import Image as PILImage
 
-from pipeline.student.config import GenerationConfig
-from pipeline.teacher.model import (
-    DEFAULT_PROMPT,
-    DTYPES,
-    GenerationParams,
-    Teacher,
-    chat_prompt,
-    processor_params_for,
-)
-
-
-@dataclass(frozen=True)
-class PlaygroundParams:
-    """Decoding settings shared by both models."""
-
-    max_new_tokens: int = 40  # stop after this many new tokens
-    do_sample: bool = False  # False: greedy decoding
-    temperature: float = 1.0  # sampling temperature
-    top_p: float = 1.0  # nucleus sampling mass
-    top_k: int = 0  # keep the k most likely tokens (0: off)
-    repetition_penalty: float = 1.1  # >1 discourages repeats
-    seed: int = 0  # reseeds before each generation
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 512:
-            raise ValueError("max new tokens must be in 1..512")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
-            raise ValueError("temperature > 0, top-p in (0, 1], top-k >= 0, repetition penalty > 0")
-
-    def for_student(self) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                repetition_penalty=self.repetition_penalty, seed=self.seed)
-
-    def for_teacher(self) -> _TeacherParams:
-        return _TeacherParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                              temperature=self.temperature, top_p=self.top_p,
-                              repetition_penalty=self.repetition_penalty, seed=self.seed, top_k=self.top_k)
-
-
-@dataclass(frozen=True)
-class _TeacherParams(GenerationParams):
-    """The teacher's params plus top-k, which the playground offers."""
-
-    top_k: int = 0
-
-    def generate_kwargs(self) -> dict:
-        kw = super().generate_kwargs()
-        if self.do_sample and self.top_k:
-            kw["top_k"] = self.top_k
-        return kw
+from pipeline.generation import GenerationConfig
+from pipeline.teacher.model import DEFAULT_PROMPT, Teacher, encode_inputs, processor_inputs
 
 
 @dataclass(frozen=True)
@@ -104,56 +55,50 @@ class TimedStream:
 
 def teacher_tile(teacher: Teacher, image: PILImage.Image) -> PILImage.Image:
     """The first tile the teacher's processor makes of `image`, de-normalised back to RGB."""
-    proc = processor_params_for([image])
+    inputs, _ = processor_inputs(teacher, [image], DEFAULT_PROMPT)
     ip = teacher.processor.image_processor
-    out = ip(images=[[image.convert("RGB")]], return_tensors="pt", **proc)
-    x = out["pixel_values"][0, 0].float()  # (3, H, W), normalised
+    x = inputs["pixel_values"][0, 0].float()  # (3, H, W), normalised
     mean = torch.tensor(ip.image_mean).view(3, 1, 1)
     std = torch.tensor(ip.image_std).view(3, 1, 1)
     arr = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     return PILImage.fromarray(arr, "RGB")
 
 
-def stream_student(student, image: PILImage.Image, params: PlaygroundParams) -> TimedStream:  # noqa: ANN001
+def stream_student(student, image: PILImage.Image, params: GenerationConfig) -> TimedStream:  # noqa: ANN001
     from pipeline.student.generate import stream_caption
 
     tok = student.tokenizer
-    return TimedStream(lambda: stream_caption(student, image, config=params.for_student()),
+    return TimedStream(lambda: stream_caption(student, image, config=params),
                        lambda text: _count(tok, text, params))
 
 
-def stream_teacher(teacher: Teacher, image: PILImage.Image, params: PlaygroundParams, *,
+def stream_teacher(teacher: Teacher, image: PILImage.Image, params: GenerationConfig, *,
                    prompt: str = DEFAULT_PROMPT) -> TimedStream:
     tok = teacher.processor.tokenizer
     return TimedStream(lambda: _teacher_pieces(teacher, image, params, prompt),
                        lambda text: _count(tok, text, params))
 
 
-def _count(tokenizer, text: str, params: PlaygroundParams) -> int:  # noqa: ANN001
+def _count(tokenizer, text: str, params: GenerationConfig) -> int:  # noqa: ANN001
     """Tokens in the decoded text (re-encoding can add one; the model made at most max_new_tokens)."""
     return min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), params.max_new_tokens)
 
 
-def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: PlaygroundParams,
+def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationConfig,
                     prompt: str) -> Iterator[str]:
     from transformers import TextIteratorStreamer
 
-    proc = processor_params_for([image])
-    inputs = teacher.processor(text=[chat_prompt(teacher, prompt)], images=[[image.convert("RGB")]],
-                               return_tensors="pt", **proc)
-    dtype = DTYPES[teacher.dtype]
-    inputs = {k: v.to(teacher.device, dtype) if v.is_floating_point() else v.to(teacher.device)
-              for k, v in inputs.items()}
+    inputs = encode_inputs(teacher, [image], prompt)
     streamer = TextIteratorStreamer(teacher.processor.tokenizer, skip_prompt=True,
                                     skip_special_tokens=True, timeout=600)
-    gen = params.for_teacher()
     errors: list[BaseException] = []
 
     def run() -> None:
-        torch.manual_seed(gen.seed)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
         try:
             with torch.inference_mode():
-                teacher.model.generate(**inputs, **gen.generate_kwargs(), streamer=streamer,
+                teacher.model.generate(**inputs, **params.generate_kwargs(), streamer=streamer,
                                        pad_token_id=teacher.processor.tokenizer.pad_token_id)
         except BaseException as exc:  # surfaced below, in the caller's thread
             errors.append(exc)

@@ -1,14 +1,16 @@
 """Training from the app: start, cancel and resume a `python -m pipeline train` job, read its
 loss curve and evaluation report, and register finished students (lineage) in the store.
 
-A student folder is data/students/<name>; resuming relaunches the same command on the same
-folder, and training picks up from its latest checkpoint.
+A student folder is data/students/<name>. The form's configs are written into it as student.json
+and train.json, and the job is `python -m pipeline train --config <folder>/student.json --config
+<folder>/train.json`; resuming relaunches that command on the same folder, and training picks up
+from its latest checkpoint.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +21,12 @@ from db.errors import StoreError
 from db.jobs import active_jobs, get_job, list_jobs, request_cancel
 from db.lineage import get_snapshot_row
 from db.models import Job, JobKind, JobStatus
+from pipeline.identity import Actor, Role, require
 from pipeline.jobs import start_job
 from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
+from pipeline.student.metrics import BLEU_LABEL as BLEU_LABEL  # the ablation table's bleu column
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EVAL_NAME = "app"  # the evaluation the app starts: <student>/evaluations/app/
@@ -70,29 +74,28 @@ def default_configs(settings: Settings) -> tuple[StudentConfig, TrainConfig]:
     return StudentConfig(base_model=str(settings.student_base_model)), TrainConfig()
 
 
-def train_argv(*, snapshot_dir: Path, out_dir: Path, student: StudentConfig, train: TrainConfig) -> list[str]:
-    """`python -m pipeline train` arguments: every config field the command takes as an option."""
-    import inspect
+CONFIG_FILES = ("student.json", "train.json")  # what the student folder keeps; the job reads them
 
-    from pipeline.cli.student import train_command
 
-    accepted = set(inspect.signature(train_command).parameters)
+def train_argv(*, snapshot_dir: Path, out_dir: Path) -> list[str]:
+    """`python -m pipeline train` arguments: the folder's config files are the whole configuration."""
     argv = ["train", "--snapshot", str(snapshot_dir), "--out", str(out_dir)]
-    for cfg in (student, train):
-        for f in fields(cfg):
-            if f.name not in accepted:
-                continue
-            value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
-            if isinstance(value, bool):
-                argv.append(f"--{flag}" if value else f"--no-{flag}")
-            else:
-                argv += [f"--{flag}", str(value)]
+    for name in CONFIG_FILES:
+        argv += ["--config", str(Path(out_dir) / name)]
     return argv
 
 
-def start_training(settings: Settings, engine: Engine, *, snapshot_id: str, name: str,
+def write_configs(out_dir: Path, *, student: StudentConfig, train: TrainConfig) -> None:
+    """Write student.json and train.json into the (new) student folder, as training keeps them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student.to_json(out_dir / "student.json")
+    train.to_json(out_dir / "train.json")
+
+
+def start_training(settings: Settings, engine: Engine, *, actor: Actor, snapshot_id: str, name: str,
                    student: StudentConfig, train: TrainConfig) -> TrainStart:
     """Launch a train job on a registered snapshot into a new student folder."""
+    require(actor, Role.curator, "train a student")
     if not NAME_RE.match(name or ""):
         return TrainStart(False, "Name the student with letters, digits, '.', '_' or '-' (up to 64).")
     with session_scope(engine) as s:
@@ -103,22 +106,26 @@ def start_training(settings: Settings, engine: Engine, *, snapshot_id: str, name
     out_dir = Path(settings.students_dir) / name
     if (out_dir / "metrics.json").is_file() or (out_dir.exists() and any(out_dir.iterdir())):
         return TrainStart(False, f"A student called {name} already exists: choose another name.")
-    return _launch(settings, snapshot_id=snapshot_id, snapshot_path=Path(snapshot_path), out_dir=out_dir,
-                   student=student, train=train)
+    return _launch(settings, actor=actor, snapshot_id=snapshot_id, snapshot_path=Path(snapshot_path),
+                   out_dir=out_dir, student=student, train=train)
 
 
-def _launch(settings: Settings, *, snapshot_id: str, snapshot_path: Path, out_dir: Path,
+def _launch(settings: Settings, *, actor: Actor, snapshot_id: str, snapshot_path: Path, out_dir: Path,
             student: StudentConfig, train: TrainConfig, resumed_from: int | None = None) -> TrainStart:
     params = {"snapshot_id": snapshot_id, "snapshot_path": str(snapshot_path), "student_dir": str(out_dir),
-              "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from}
-    argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir, student=student, train=train)
+              "student": asdict(student), "train": asdict(train), "resumed_from": resumed_from,
+              "started_by": actor.name}
+    if not all((out_dir / name).is_file() for name in CONFIG_FILES):  # a resume reuses the folder's files
+        write_configs(out_dir, student=student, train=train)
+    argv = train_argv(snapshot_dir=snapshot_path, out_dir=out_dir)
     job_id = start_job(settings, kind=JobKind.train, argv=argv, params=params)
     verb = "Resumed" if resumed_from else "Started"
     return TrainStart(True, f"{verb} training job {job_id}: student {out_dir.name}.", job_id)
 
 
-def resume_training(settings: Settings, engine: Engine, *, job_id: int) -> TrainStart:
+def resume_training(settings: Settings, engine: Engine, *, actor: Actor, job_id: int) -> TrainStart:
     """Relaunch a cancelled or failed run on its folder; training continues from its checkpoint."""
+    require(actor, Role.curator, "resume training")
     try:
         with session_scope(engine) as s:
             job = get_job(s, job_id=job_id)
@@ -136,12 +143,14 @@ def resume_training(settings: Settings, engine: Engine, *, job_id: int) -> Train
         return TrainStart(False, f"Student {out_dir.name} is already training (job {busy[0]}).")
     if (out_dir / "metrics.json").is_file():
         return TrainStart(False, f"Student {out_dir.name} already finished training.")
-    return _launch(settings, snapshot_id=params["snapshot_id"], snapshot_path=Path(params["snapshot_path"]),
-                   out_dir=out_dir, student=StudentConfig.from_dict(params["student"]),
+    return _launch(settings, actor=actor, snapshot_id=params["snapshot_id"],
+                   snapshot_path=Path(params["snapshot_path"]), out_dir=out_dir,
+                   student=StudentConfig.from_dict(params["student"]),
                    train=TrainConfig.from_dict(params["train"]), resumed_from=job_id)
 
 
-def cancel_training(engine: Engine, *, job_id: int) -> str:
+def cancel_training(engine: Engine, *, actor: Actor, job_id: int) -> str:
+    require(actor, Role.curator, "cancel training")
     with session_scope(engine) as s:
         request_cancel(s, job_id=job_id)
     return f"Cancel requested for job {job_id}: it stops at the next step and keeps a checkpoint."
@@ -155,29 +164,31 @@ def loss_curve(student_dir: Path) -> pd.DataFrame:
     return df.astype({"step": "int64", "train_loss": "float64", "val_loss": "float64"})
 
 
-def start_evaluation(settings: Settings, *, student_dir: str, snapshot_path: str) -> int:
+def start_evaluation(settings: Settings, *, actor: Actor, student_dir: str, snapshot_path: str) -> int:
     """Evaluate a finished student on its snapshot's validation split, as a job."""
+    require(actor, Role.curator, "evaluate a student")
     argv = ["evaluate", "--student", student_dir, "--snapshot", snapshot_path, "--split", "validation",
             "--name", EVAL_NAME]
     return start_job(settings, kind=JobKind.evaluate, argv=argv,
-                      params={"student_dir": student_dir, "snapshot_path": snapshot_path})
+                      params={"student_dir": student_dir, "snapshot_path": snapshot_path, "started_by": actor.name})
 
 
-def _evaluations(settings: Settings, engine: Engine, runs: list[TrainView]) -> dict[str, tuple]:
+def _evaluations(settings: Settings, engine: Engine, runs: list[TrainView], actor: Actor) -> dict[str, tuple]:
     """{student folder: (status, error)} of its latest evaluation job; a newly finished run gets
-    its evaluation started here, once (the report follows the training)."""
+    its evaluation started here, once (the report follows the training), when `actor` may curate."""
     latest: dict[str, tuple] = {}
     with session_scope(engine) as s:
         for j in list_jobs(s, kind=JobKind.evaluate, limit=200):  # newest first
             latest.setdefault(j.params.get("student_dir"), (JobStatus(j.status), j.error))
     for run in runs:
-        if run.status == JobStatus.done and run.metrics and not run.report and run.student_dir not in latest:
-            start_evaluation(settings, student_dir=run.student_dir, snapshot_path=run.snapshot_path)
+        if (run.status == JobStatus.done and run.metrics and not run.report and run.student_dir not in latest
+                and actor.can(Role.curator)):
+            start_evaluation(settings, actor=actor, student_dir=run.student_dir, snapshot_path=run.snapshot_path)
             latest[run.student_dir] = (JobStatus.queued, None)
     return latest
 
 
-def training_runs(settings: Settings, engine: Engine, *, limit: int = 20) -> list[TrainView]:
+def training_runs(settings: Settings, engine: Engine, *, actor: Actor, limit: int = 20) -> list[TrainView]:
     """The latest training jobs, newest first, each with its curve, metrics and report."""
     sync_students(settings, engine)
     with session_scope(engine) as s:
@@ -188,7 +199,7 @@ def training_runs(settings: Settings, engine: Engine, *, limit: int = 20) -> lis
         run = _view(*row, superseded=row[-1].get("student_dir") in seen)
         seen.add(run.student_dir)
         runs.append(run)
-    evaluations = _evaluations(settings, engine, runs)
+    evaluations = _evaluations(settings, engine, runs, actor)
     return [replace(r, evaluation=evaluations.get(r.student_dir)) for r in runs]
 
 
@@ -231,8 +242,8 @@ def per_class_table(report: dict) -> pd.DataFrame:
 
 
 def ablation_table(report: dict) -> pd.DataFrame:
-    """Scores under each condition: real images against the blank and shuffled controls."""
+    """Scores under each condition: real images against the blank and shuffled controls (bleu: BLEU_LABEL)."""
     rows = [{"condition": c, "class_mention": m.get("class_mention", {}).get("accuracy"),
-             **{k: m.get(k) for k in ("bleu4", "rouge_l", "cider")}}
+             **{k: m.get(k) for k in ("bleu", "rouge_l", "cider")}}
             for c, m in (report.get("conditions") or {}).items()]
-    return pd.DataFrame(rows, columns=["condition", "class_mention", "bleu4", "rouge_l", "cider"])
+    return pd.DataFrame(rows, columns=["condition", "class_mention", "bleu", "rouge_l", "cider"])

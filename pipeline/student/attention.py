@@ -1,9 +1,9 @@
 """The student's attention for CPU inference: float32 matmul, softmax, matmul.
 
 PyTorch's CPU `scaled_dot_product_attention` runs a flash-attention kernel built for long
-sequences: for one new token it costs ~260 us per layer on this 2-core box (8 ms of a ~55 ms
-token on full-size Phi-3-mini), mostly in per-head block setup. Here a decoding step (one query,
-no mask) is one native pass over K and V (csrc/attention.cpp), and prompts use three batched
+sequences: for one new token most of its time goes to per-head block setup (bench/student.py's
+nf4-sdpa row measures it). Here a decoding step (one query, no mask) is one native pass over K
+and V (csrc/attention.cpp, when the model was given the kernels), and prompts use three batched
 float32 ops; both are more precise than the flash kernel, which rounds the probabilities to bf16
 before multiplying by V. The loader registers this function with Hugging Face as
 `capstudio_cpu` and switches CPU inference models to it, so `generate()`, the prefill and the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pipeline.student.kernels import native
+from pipeline.student.kernels import ATTR
 
 NAME = "capstudio_cpu"
 
@@ -29,7 +29,7 @@ def cpu_attention(
     returns (B, Tq, H, D) in the query's dtype."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if query.shape[2] == 1 and attention_mask is None and query.dtype == key.dtype == torch.bfloat16:
-        ext = native()  # decoding: one fused pass (csrc/attention.cpp)
+        ext = getattr(module, ATTR, None)  # decoding: one fused pass (csrc/attention.cpp)
         if ext is not None and query.device.type == "cpu" and query.shape[-1] % 16 == 0:
             return ext.attend_one(query, key, value, scale), None
     groups = query.shape[1] // key.shape[1]
@@ -52,7 +52,6 @@ def cpu_attention(
         probs = torch.nn.functional.dropout(probs, p=dropout)
     out = torch.matmul(probs, value.float()).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
-
 
 
 def register() -> str:

@@ -1,5 +1,6 @@
 """Batch compare: run a student over a snapshot split and score each caption against the approved one
-(sentence BLEU, ROUGE-L); the results file is what the Batch compare page shows.
+(sentence BLEU 0-100 from pipeline/student/metrics.py, ROUGE-L); the results file is what the Batch
+compare page shows.
 
 Results go to <data_dir>/compare/<student>--<snapshot>--<split>.json (one row per item).
 """
@@ -17,8 +18,9 @@ import pandas as pd
 
 from pipeline.classes import mentions_class
 from pipeline.data.snapshot import SPLITS, read_snapshot
+from pipeline.generation import GenerationConfig
 from pipeline.settings import Settings
-from pipeline.student.config import GenerationConfig
+from pipeline.student.metrics import sentence_bleu
 
 Progress = Callable[[int, int], None]
 COLUMNS = ("item_id", "label", "image", "approved", "teacher", "student", "bleu", "rouge_l",
@@ -27,13 +29,11 @@ COLUMNS = ("item_id", "label", "image", "approved", "teacher", "student", "bleu"
 
 def score_pair(candidate: str, reference: str) -> dict:
     """Sentence BLEU (0-100), ROUGE-L F1 (0-1) and exact match of a caption against a reference."""
-    import sacrebleu
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = scorer.score(reference, candidate)["rougeL"].fmeasure if candidate.strip() else 0.0
-    bleu = sacrebleu.sentence_bleu(candidate, [reference]).score if candidate.strip() else 0.0
-    return {"bleu": round(bleu, 2), "rouge_l": round(rouge, 4),
+    return {"bleu": sentence_bleu(candidate, [reference]), "rouge_l": round(rouge, 4),
             "exact": candidate.strip() == reference.strip()}
 
 
@@ -60,7 +60,7 @@ def run_compare(settings: Settings, *, student_dir: Path, snapshot: str, split: 
     records = getattr(snap, split)
     if not records:
         raise ValueError(f"snapshot {snap.snapshot_id} has no {split} items")
-    student = load_student(Path(student_dir))
+    student = load_student(Path(student_dir), native_kernels=settings.native_kernels)
     rows: list[dict] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]

@@ -1,7 +1,7 @@
 """Lean KV-cache decoding for the student: the default inference loop on every path.
 
-Hugging Face `generate()` spends ~25 ms per token on the CPU in Python (hooks, cache objects,
-peft and bitsandbytes wrappers) around ~45 ms of 4-bit matmul. Here, as in nanoGPT or gpt-fast,
+Hugging Face `generate()` spends much of each CPU token in Python (hooks, cache objects, peft
+and bitsandbytes wrappers) around the 4-bit matmuls. Here, as in nanoGPT or gpt-fast,
 the prefill (image embeddings and the prompt) runs once through the Hugging Face model, and each
 new token then runs through flat per-layer code that does exactly what `Phi3DecoderLayer`, peft's
 LoRA layer and bitsandbytes' `Linear4bit` do, in the same order and dtypes, against a
@@ -23,22 +23,23 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi3.modeling_phi3 import eager_attention_forward
 
 from pipeline.student.config import GenerationConfig
+from pipeline.student.kernels import attach_kernels, checked_kernels, kernels_of, nf4_lut
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _base_linear(module: nn.Module, *, prepack: bool = False) -> Linear:
+def _base_linear(module: nn.Module, ext=None, *, prepack: bool = False) -> Linear:  # ext: kernels
     """The module's own matmul without its Python wrapper, where that is safe to reproduce.
 
-    4-bit layers in bitsandbytes' packed CPU layout use the native kernel (kernels.py; same
-    numbers, ~20% faster) for up to 8 rows, else bitsandbytes' op. `prepack`: a bf16 dense
-    layer gets a oneDNN-packed copy of its weight (~3x faster one-row products, same numbers;
+    4-bit layers in bitsandbytes' packed CPU layout use the native kernel `ext` (kernels.py;
+    same numbers, faster) for up to 8 rows, else bitsandbytes' op. `prepack`: a bf16 dense
+    layer gets a oneDNN-packed copy of its weight (faster one-row products, same numbers;
     costs its size in memory, so only the LM head uses it).
     """
     qs = getattr(getattr(module, "weight", None), "quant_state", None)
     if qs is not None:  # bitsandbytes Linear4bit
         if getattr(qs, "packing_format_for_cpu", False) and module.bias is None:
-            return _packed_4bit(module.weight.data, qs, module.compute_dtype)
+            return _packed_4bit(module.weight.data, qs, module.compute_dtype, ext)
         return module  # other devices / layouts: bitsandbytes' own forward
     if type(module) is nn.Linear:
         w, b = module.weight, module.bias
@@ -59,16 +60,13 @@ def _base_linear(module: nn.Module, *, prepack: bool = False) -> Linear:
     return module
 
 
-def _packed_4bit(w: torch.Tensor, qs, dtype: torch.dtype) -> Linear:
-    from pipeline.student.kernels import native
-
+def _packed_4bit(w: torch.Tensor, qs, dtype: torch.dtype, ext) -> Linear:  # bnb QuantState, kernels
     n, k = qs.shape
     shape, absmax, code, bs = qs.shape, qs.absmax, qs.code, qs.blocksize
     op = torch.ops.bitsandbytes.gemv_4bit.default
-    ext = native()
     if ext is None or absmax.dtype != torch.bfloat16 or code.numel() != 16:
         return lambda x: op(x.to(dtype), w, shape, absmax, code, bs).to(x.dtype)
-    lut = code.to(torch.bfloat16).view(torch.int16).repeat(2).contiguous()
+    lut = nf4_lut(code)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x2 = x.to(dtype).reshape(-1, k)
@@ -79,15 +77,15 @@ def _packed_4bit(w: torch.Tensor, qs, dtype: torch.dtype) -> Linear:
     return forward
 
 
-def _projection(module: nn.Module) -> Linear:
+def _projection(module: nn.Module, ext=None) -> Linear:  # ext: the kernels or None
     """A projection as peft runs it: base matmul plus, if unmerged, each active LoRA adapter."""
     if not hasattr(module, "lora_A"):
-        return _base_linear(module)
+        return _base_linear(module, ext)
     if module.disable_adapters or module.merged:
-        return _base_linear(module.base_layer)
+        return _base_linear(module.base_layer, ext)
     if getattr(module, "lora_variant", None):  # DoRA and friends: keep peft's own code
         return module
-    base = _base_linear(module.base_layer)
+    base = _base_linear(module.base_layer, ext)
     adapters = [_adapter(module.lora_A[n].weight, module.lora_B[n].weight, module.scaling[n])
                 for n in module.active_adapters if n in module.lora_A]
     if not adapters:
@@ -148,27 +146,36 @@ class _Layer:
 
 
 class LeanDecoder:
-    """Per-token Phi-3 forward over a preallocated KV cache (batch B, one new token each)."""
+    """Per-token Phi-3 forward over a preallocated KV cache (batch B, one new token each).
+
+    It uses the native kernels the loader gave the model (kernels.py) only after one of their NF4
+    products has equalled bitsandbytes' on this model; `native_kernels` says whether it does.
+    """
 
     def __init__(self, causal_lm: nn.Module):
         if causal_lm.config.model_type != "phi3":
             raise ValueError(f"LeanDecoder supports phi3, not {causal_lm.config.model_type!r}")
         cfg = causal_lm.config
         self.lm, self.core = causal_lm, causal_lm.model
+        ext = kernels_of(causal_lm)
+        attach_kernels(causal_lm, None)  # nothing native runs before the check
         with torch.no_grad():  # bitsandbytes repacks 4-bit weights for its CPU kernel on
             causal_lm(input_ids=torch.zeros(1, 1, dtype=torch.long, device=causal_lm.device))  # first use
+        ext = checked_kernels(causal_lm, ext)
+        attach_kernels(causal_lm, ext)  # generate() and this loop use the same attention
+        self.native_kernels = ext is not None
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.layers = [
-            _Layer(ln1=_rms_norm(L.input_layernorm), qkv=_projection(L.self_attn.qkv_proj),
-                   o=_projection(L.self_attn.o_proj), ln2=_rms_norm(L.post_attention_layernorm),
-                   gate_up=_projection(L.mlp.gate_up_proj), down=_projection(L.mlp.down_proj),
+            _Layer(ln1=_rms_norm(L.input_layernorm), qkv=_projection(L.self_attn.qkv_proj, ext),
+                   o=_projection(L.self_attn.o_proj, ext), ln2=_rms_norm(L.post_attention_layernorm),
+                   gate_up=_projection(L.mlp.gate_up_proj, ext), down=_projection(L.mlp.down_proj, ext),
                    act=L.mlp.activation_fn)
             for L in self.core.layers
         ]
         self.norm = _rms_norm(self.core.norm)
-        self.lm_head = _base_linear(causal_lm.lm_head, prepack=True) if not hasattr(
-            causal_lm.lm_head, "lora_A") else _projection(causal_lm.lm_head)
+        self.lm_head = _base_linear(causal_lm.lm_head, ext, prepack=True) if not hasattr(
+            causal_lm.lm_head, "lora_A") else _projection(causal_lm.lm_head, ext)
         self.embed = causal_lm.get_input_embeddings()
         self.attn_modules = [L.self_attn for L in self.core.layers]
         self.k: list[torch.Tensor] = []

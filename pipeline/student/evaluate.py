@@ -22,8 +22,9 @@ from PIL import Image
 
 from pipeline.classes import CLASSES, mentions_class
 from pipeline.data.images import IMAGE_SUFFIXES
-from pipeline.student.config import GenerationConfig
+from pipeline.generation import GenerationConfig
 from pipeline.student.generate import generate_captions
+from pipeline.student.metrics import mean_bleu
 from pipeline.student.model import Student, blank_image
 
 CONDITIONS = ("real", "blank", "shuffled")
@@ -71,17 +72,15 @@ def _tokens(text: str) -> str:
 
 
 def caption_metrics(predictions: list[str], references: list[tuple[str, ...]]) -> dict[str, float]:
-    """Corpus BLEU-4, ROUGE-L and CIDEr (pycocoevalcap scorers)."""
-    from pycocoevalcap.bleu.bleu import Bleu
+    """Mean sentence BLEU (0-100, the Compare page's), ROUGE-L and CIDEr (pycocoevalcap scorers)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     res = {i: [_tokens(p)] for i, p in enumerate(predictions)}
     gts = {i: [_tokens(r) for r in refs] for i, refs in enumerate(references)}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
-    return {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider": float(cider)}
+    return {"bleu": mean_bleu(predictions, references), "rouge_l": float(rouge), "cider": float(cider)}
 
 
 def class_mention(predictions: list[str], labels: list[str]) -> dict:

@@ -14,20 +14,13 @@ import torch
 from pipeline.student.config import StudentConfig
 from pipeline.student.model import PatchProjector, Student
 
-# Measured by bench/student.py (full-size random Phi-3-mini, 2 cores; see README for the latest):
-# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py) with
-#         native NF4 and attention kernels: 2.29 GB per token, ~23 tokens/s (generate(): ~11).
-# "bf16": the NF4 base dequantised to bf16 with LoRA merged in (the same function, no
-#         adapter overhead): 7.45 GB per token, so never faster than ~10 tokens/s here.
+# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py), with
+#         the native NF4 and attention kernels where they run: the fewest bytes read per token.
+# "bf16": the NF4 base dequantised to bf16 with LoRA merged in (the same function, no adapter
+#         overhead), but 16 bits per weight instead of 4. bench/student.py measures both (README).
 INFERENCE_PATHS = ("nf4", "bf16")
 DEFAULT_INFERENCE_PATH = "nf4"
 STUDENT_FILES = ("student.json", "projector.safetensors", "adapter")
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def load_tokenizer(base_model: str):
@@ -98,12 +91,14 @@ def build_student(cfg: StudentConfig, *, dtype: torch.dtype, device: str = "cpu"
 
 def load_student(
     folder: Path, *, path: str = DEFAULT_INFERENCE_PATH, device: str = "cpu",
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.bfloat16, native_kernels: bool = True,
 ) -> Student:
     """Rebuild a trained student (or a checkpoint folder) for inference, in eval mode.
 
     `path` picks how the base runs (INFERENCE_PATHS); `dtype` is the compute dtype of the
     non-quantised parts (bf16: the bitsandbytes CPU kernel computes in bf16 anyway).
+    `native_kernels` (Settings.native_kernels): on a CPU, decode with the kernels setup.sh built
+    where this CPU runs them (kernels.py); False: bitsandbytes' and torch's ops.
     """
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -123,10 +118,12 @@ def load_student(
     _assert_adapters(lm, cfg)
     if path == "bf16":
         lm = lm.merge_and_unload()
-    if device == "cpu":  # float32 attention: faster than sdpa's flash kernel for decoding
+    if device == "cpu":  # float32 attention: faster than sdpa's flash kernel for decoding (nf4-sdpa row)
         from pipeline.student.attention import register
+        from pipeline.student.kernels import attach_kernels, load_kernels
 
         base.set_attn_implementation(register())
+        attach_kernels(base, load_kernels() if native_kernels else None)
     projector = PatchProjector(cfg, base.config.hidden_size)
     projector.load_state_dict(load_file(folder / "projector.safetensors"))
     student = Student(lm, projector.to(device), load_tokenizer(cfg.base_model), cfg)

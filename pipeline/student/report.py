@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from pipeline.classes import CLASSES
+from pipeline.student.metrics import BLEU_LABEL
 
 
 def write_report(out_dir: Path, *, result: dict, items: list, predictions: dict[str, list[str]]) -> None:
@@ -26,10 +27,10 @@ def render_markdown(result: dict, items: list, predictions: dict[str, list[str]]
              "Controls: `blank` gives every item a uniform grey image, `shuffled` gives each "
              "caption another item's image. A student that uses the image scores clearly "
              "higher on `real`.", "",
-             "| condition | class mention | BLEU-4 | ROUGE-L | CIDEr |", "|---|---:|---:|---:|---:|"]
+             f"| condition | class mention | {BLEU_LABEL} | ROUGE-L | CIDEr |", "|---|---:|---:|---:|---:|"]
     for c in conds:
         m = result["conditions"][c]
-        lines.append(f"| {c} | {m['class_mention']['accuracy']:.1%} | {m['bleu4']:.3f} | "
+        lines.append(f"| {c} | {m['class_mention']['accuracy']:.1%} | {m['bleu']:.1f} | "
                      f"{m['rouge_l']:.3f} | {m['cider']:.3f} |")
     lines += ["", "## Class-mention accuracy per class", "",
               "| class | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
@@ -53,15 +54,14 @@ def plot_chart(result: dict, png: Path) -> None:
 
     conds = list(result["conditions"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
-    metrics = ("bleu4", "rouge_l")
     width = 0.8 / len(conds)
     for k, c in enumerate(conds):
         m = result["conditions"][c]
-        vals = [m["class_mention"]["accuracy"]] + [m[x] for x in metrics]
+        vals = [m["class_mention"]["accuracy"], m["bleu"] / 100, m["rouge_l"]]  # all on 0-1
         ax1.bar([i + k * width for i in range(len(vals))], vals, width, label=c)
         per = m["class_mention"]["per_class"]
         ax2.bar([i + k * width for i in range(len(CLASSES))], [per.get(x, 0.0) for x in CLASSES], width, label=c)
-    ax1.set_xticks([i + width for i in range(3)], ["class mention", "BLEU-4", "ROUGE-L"])
+    ax1.set_xticks([i + width for i in range(3)], ["class mention", "BLEU / 100", "ROUGE-L"])
     ax1.set_ylim(0, 1), ax1.legend(fontsize=8), ax1.set_title("overall")
     ax2.set_xticks([i + width for i in range(len(CLASSES))], CLASSES, rotation=30, fontsize=8)
     ax2.set_ylim(0, 1), ax2.set_title("class mention per class")

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from pipeline.data.snapshot import SnapshotRecord, read_snapshot
+from pipeline.hardware import cpu_has_bf16, resolve_device
+from pipeline.student import distributed as ddp
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from pipeline.student.config import StudentConfig, TrainConfig
-from pipeline.student.loader import build_student, resolve_device, save_student
+from pipeline.student.loader import build_student, save_student
 from pipeline.student.model import Student, build_example, collate
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -29,15 +31,13 @@ StopFn = Callable[[], bool]
 
 
 def compute_dtype(tc: TrainConfig, device: str) -> torch.dtype:
-    """bf16 on a GPU, and on a CPU with AVX512-BF16 (bench/student.py, full-size Phi-3-mini on
-    2 cores: 7.3 s per QLoRA step in bf16 against 17.6 s in fp32); fp32 on other CPUs."""
+    """bf16 on a GPU, and on a CPU with native bf16 matmuls (AVX512-BF16 or AMX, where bf16 QLoRA
+    steps are faster: bench/student.py measures both); fp32 on other CPUs."""
     if tc.dtype != "auto":
         return getattr(torch, tc.dtype)
     if device.startswith("cuda"):  # pre-Ampere cards (T4, V100) have no bf16: fp32, not fp16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from bitsandbytes.functional import has_avx512bf16
-
-    return torch.bfloat16 if has_avx512bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def lr_lambda(total_steps: int, tc: TrainConfig) -> Callable[[int], float]:
@@ -122,7 +122,8 @@ def train(
     """Train (or resume) a student on a snapshot's train split; returns metrics.json's content.
 
     A stopped run (should_stop() -> True) checkpoints and returns {"status": "stopped", ...};
-    calling train again with the same out_dir resumes from the latest checkpoint.
+    calling train again with the same out_dir resumes from the latest checkpoint. Under torchrun
+    each rank trains on its share of every micro-batch (pipeline/student/distributed.py).
     """
     from tqdm.auto import tqdm
 
@@ -131,48 +132,68 @@ def train(
     snap = read_snapshot(Path(snapshot_dir))
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
-    _claim_folder(out_dir, snap, sc, tc)
-    device = resolve_device(device)
+    if tc.weak_mode != "off" and not snap.weak:
+        raise ValueError(f"weak_mode={tc.weak_mode} but snapshot {snap.snapshot_id} has no weak split: "
+                         "export it with the weak drafts (`python -m pipeline export --include-weak-drafts`)")
+    ranks, device = ddp.setup(resolve_device(device))
+    if ranks.active and tc.batch_size < ranks.world:
+        raise ValueError(f"batch_size {tc.batch_size} is smaller than the {ranks.world} processes")
+    if ranks.is_main:
+        _claim_folder(out_dir, snap, sc, tc)
+    if ranks.active:
+        ddp.barrier()
     random.seed(tc.seed), np.random.seed(tc.seed), torch.manual_seed(tc.seed)
     student = build_student(sc, dtype=compute_dtype(tc, device), device=device)
     if tc.gradient_checkpointing:
         student.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_data, val_data = _Data(student, snap.train), _Data(student, snap.validation)
+    weak_data = _Data(student, snap.weak) if tc.weak_mode != "off" else None
     lora_params = [p for p in student.lm.parameters() if p.requires_grad]
+    trainable = lora_params + list(student.projector.parameters())
+    if ranks.active:
+        ddp.broadcast_params(trainable)
     optimizer = torch.optim.AdamW(
         [{"params": list(student.projector.parameters()), "lr": tc.lr_projector},
          {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
-    total = total_steps_for(len(snap.train), tc)
+    total = total_steps_for(len(snap.train), tc) + (tc.weak_steps if tc.weak_mode == "warmup" else 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tc))
     step, sessions = 0, []
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         state = restore_checkpoint(ckpt=ckpt, student=student, optimizer=optimizer, scheduler=scheduler)
         step, sessions = state["step"], state.get("sessions", [])
-    curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step)
+    curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step, write=ranks.is_main)
     sessions.append({"start_step": step, "started_at": time.time()})
     student.train()
-    bar = tqdm(total=total, initial=step, desc="train", disable=not show_progress)
+    bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and ranks.is_main))
     status, last_val = "completed", None
 
     def checkpoint() -> None:
         sessions[-1]["end_step"] = step
-        save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
-                        out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
-        curve.plot(out_dir / "loss_curve.png")
+        if ranks.is_main:
+            save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
+                            out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
+            curve.plot(out_dir / "loss_curve.png")
+        if ranks.active:
+            ddp.barrier()
 
     while step < total:
-        if should_stop is not None and should_stop():
+        stop = should_stop is not None and ranks.is_main and should_stop()
+        if ranks.active:
+            stop = ddp.agree(stop, device)
+        if stop:
             status = "stopped"
             break
         t0, loss_sum = time.perf_counter(), 0.0
         for k in range(tc.grad_accum):
-            idx = micro_batch(step, k, len(snap.train), tc)
-            loss = student(**train_data.batch(idx, device, augment=tc.augment))
+            loss = _step_loss(student, step, k, train_data, weak_data, tc, device, ranks)
             (loss / tc.grad_accum).backward()
             loss_sum += loss.item() / tc.grad_accum
+        if ranks.active:
+            ddp.average_gradients(trainable, ranks)
+            loss_sum = ddp.average(loss_sum, ranks, device)
         if tc.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(lora_params + list(student.projector.parameters()), tc.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, tc.max_grad_norm)
         optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
         step += 1
         row = {"step": step, "train_loss": loss_sum, "lr_projector": scheduler.get_last_lr()[0],
@@ -180,7 +201,7 @@ def train(
         at_ckpt = tc.checkpoint_every and step % tc.checkpoint_every == 0
         if step == total or (tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and at_ckpt):
             last_val = row["val_loss"] = validation_loss(student, val_data, device=device,
-                                                         batch_size=tc.batch_size)
+                                                         batch_size=tc.batch_size) if ranks.is_main else None
         curve.append(row)
         bar.update(1), bar.set_postfix(loss=f"{loss_sum:.3f}")
         if on_progress is not None:
@@ -189,18 +210,47 @@ def train(
             checkpoint()
     bar.close()
     checkpoint()
-    if status == "stopped":
-        return {"status": "stopped", "step": step, "total_steps": total}
+    if status == "stopped" or not ranks.is_main:
+        ddp.teardown(ranks)
+        return {"status": status, "step": step, "total_steps": total} | ({"rank": ranks.rank} if ranks.active else {})
     save_student(student, out_dir)
     metrics = {
         "status": status, "optimizer_steps": step, "total_steps": total,
         "optimizer_state_steps": _adam_steps(optimizer), "sessions": sessions,
         "final_train_loss": curve.rows[-1]["train_loss"] if curve.rows else None,
         "final_val_loss": last_val, "n_train": len(snap.train), "n_validation": len(snap.validation),
+        "weak": {"mode": tc.weak_mode, "n_weak": len(snap.weak) if weak_data else 0,
+                 "steps": tc.weak_steps if tc.weak_mode == "warmup" else 0,
+                 "weight": tc.weak_weight if tc.weak_mode == "mix" else 0.0},
         "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
     }
+    if ranks.active:
+        metrics["processes"] = ranks.world
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ddp.teardown(ranks)
     return metrics
+
+
+def _batch_loss(student: Student, data: _Data, idx: list[int], tc: TrainConfig, device: str, ranks) -> torch.Tensor:
+    """The loss of one micro-batch (this rank's shard of it under torchrun)."""
+    batch = data.batch(ddp.shard(idx, ranks), device, augment=tc.augment)
+    loss = student(**batch)
+    if ranks.active:  # so that the ranks' average is the global batch's mean loss
+        loss = loss * ddp.loss_weight(batch["labels"], ranks, device)
+    return loss
+
+
+def _step_loss(student: Student, step: int, k: int, gold: _Data, weak: _Data | None, tc: TrainConfig,
+               device: str, ranks) -> torch.Tensor:
+    """The loss of micro-batch k of `step`: approved pairs, weak drafts during a warmup, or both (mix)."""
+    if tc.weak_mode == "warmup" and step < tc.weak_steps:
+        return _batch_loss(student, weak, micro_batch(step, k, len(weak.examples), tc), tc, device, ranks)
+    gold_step = step - tc.weak_steps if tc.weak_mode == "warmup" else step
+    loss = _batch_loss(student, gold, micro_batch(gold_step, k, len(gold.examples), tc), tc, device, ranks)
+    if tc.weak_mode == "mix":
+        idx = micro_batch(step, k, len(weak.examples), tc)
+        loss = loss + tc.weak_weight * _batch_loss(student, weak, idx, tc, device, ranks)
+    return loss
 
 
 def _adam_steps(optimizer) -> int:
@@ -229,14 +279,17 @@ def _claim_folder(out_dir: Path, snap, sc: StudentConfig, tc: TrainConfig) -> No
 class _LossCurve:
     """loss_curve.jsonl, appended each step; rows past a resumed checkpoint are dropped."""
 
-    def __init__(self, path: Path, *, keep_until: int):
-        self.path = path
+    def __init__(self, path: Path, *, keep_until: int, write: bool = True):
+        self.path, self.write = path, write
         rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
         self.rows = [r for r in rows if r["step"] <= keep_until]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        if write:
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
+        if not self.write:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

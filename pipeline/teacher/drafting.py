@@ -16,10 +16,11 @@ from db.catalog import add_draft, get_images, images_without_draft
 from db.engine import session_scope
 from db.models import Image
 from pipeline.data.images import decode_png
+from pipeline.generation import GenerationConfig
 from pipeline.teacher.flags import flags_for_draft
 from pipeline.teacher.model import (
     DEFAULT_PROMPT,
-    GenerationParams,
+    TEACHER_GENERATION,
     Teacher,
     generate_batch,
     processor_params_for,
@@ -33,7 +34,7 @@ class CaptionRequest:
 
     prompt: str = DEFAULT_PROMPT
     """The captioning instruction given to the teacher with each image."""
-    params: GenerationParams = GenerationParams()
+    params: GenerationConfig = TEACHER_GENERATION
     """Decoding settings."""
     batch_size: int = 8
     """Images per generation batch (and per commit)."""

@@ -1,7 +1,8 @@
 """The SmolVLM teacher: the one `from_pretrained` for the SmolVLM family, and batched captioning.
 
 `teacher = load_teacher("HuggingFaceTB/SmolVLM-256M-Instruct")`, then
-`caption_images(teacher, images, prompt=DEFAULT_PROMPT, params=GenerationParams())`.
+`caption_images(teacher, images, prompt=DEFAULT_PROMPT, params=TEACHER_GENERATION)`. `encode_inputs`
+is the one way an image and a prompt become the teacher's input (captioning and the playground).
 """
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import hashlib
 import json
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from PIL import Image as PILImage
 
+from pipeline.generation import GenerationConfig
+from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.tiny import is_tiny_model
 
 DEFAULT_PROMPT = "Can you describe this image? Answer in one or two sentences."
@@ -32,35 +35,10 @@ class ModelLoadError(TeacherError):
     """The teacher model could not be loaded (no network, wrong path, not a SmolVLM folder)."""
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """How the teacher generates a caption (stored on every draft)."""
-
-    max_new_tokens: int = 60
-    """Upper bound on the caption length in tokens."""
-    do_sample: bool = False
-    """Sample instead of greedy decoding."""
-    temperature: float = 1.0
-    """Sampling temperature (only with do_sample)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (only with do_sample)."""
-    repetition_penalty: float = 1.1
-    """>1 discourages repeating tokens (small VLMs loop without it)."""
-    seed: int = 0
-    """Random seed used before each batch (reproducible sampling)."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 1024:
-            raise ValueError("max_new_tokens must be in 1..1024")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
-            raise ValueError("temperature must be > 0, top_p in (0, 1], repetition_penalty > 0")
-
-    def generate_kwargs(self) -> dict:
-        kw = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-              "repetition_penalty": self.repetition_penalty}
-        if self.do_sample:
-            kw.update(temperature=self.temperature, top_p=self.top_p)
-        return kw
+TEACHER_GENERATION = GenerationConfig(max_new_tokens=60, repetition_penalty=1.1, seed=0)
+"""The teacher's decoding defaults: small VLMs loop without a repetition penalty; seeded per batch."""
+PROVENANCE_FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty", "seed")
+"""The decoding settings stored on each draft, as they always were (top_k only when it is used)."""
 
 
 @dataclass
@@ -90,24 +68,6 @@ class CaptionResult:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX): bf16 is then ~5x fp32."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():  # Linux: the flags say it exactly
-        flags = cpuinfo.read_text()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def pick_dtype(device: str, dtype: str = "auto") -> str:
@@ -201,20 +161,32 @@ def chat_prompt(teacher: Teacher, prompt: str) -> str:
     return teacher.processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def _encode(teacher: Teacher, images: list[PILImage.Image], prompt: str, proc: dict) -> dict:
+def processor_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str, *,
+                     processor_params: dict | None = None) -> tuple[dict, dict]:
+    """The processor's output for `images` (one chat prompt each, left-padded) on the CPU, and the
+    processor overrides used (default: `processor_params_for(images)`)."""
+    proc = processor_params_for(images) if processor_params is None else processor_params
     text = chat_prompt(teacher, prompt)
     inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
                                return_tensors="pt", padding=True, **proc)
+    return dict(inputs), proc
+
+
+def encode_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str, *,
+                  processor_params: dict | None = None) -> dict:
+    """The teacher's model inputs for `images` with `prompt`, on its device and in its dtype."""
+    inputs, _ = processor_inputs(teacher, images, prompt, processor_params=processor_params)
     dtype = DTYPES[teacher.dtype]
     return {k: (v.to(teacher.device, dtype) if v.is_floating_point() else v.to(teacher.device))
             for k, v in inputs.items()}
 
 
 def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: str,
-                   params: GenerationParams) -> tuple[list[str], int]:
+                   params: GenerationConfig) -> tuple[list[str], int]:
     """Captions for one batch (left-padded); returns (texts, new tokens generated)."""
-    inputs = _encode(teacher, images, prompt, processor_params_for(images))
-    torch.manual_seed(params.seed)
+    inputs = encode_inputs(teacher, images, prompt)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
     try:
         with torch.inference_mode():
             out = teacher.model.generate(**inputs, **params.generate_kwargs(),
@@ -240,7 +212,7 @@ def _oom_error(batch: int) -> TeacherError:
 
 
 def caption_images(teacher: Teacher, images: list[PILImage.Image], *, prompt: str = DEFAULT_PROMPT,
-                   params: GenerationParams = GenerationParams(), batch_size: int = 8) -> list[str]:
+                   params: GenerationConfig = TEACHER_GENERATION, batch_size: int = 8) -> list[str]:
     """Captions for `images`, in order, generated `batch_size` at a time."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -252,21 +224,23 @@ def caption_images(teacher: Teacher, images: list[PILImage.Image], *, prompt: st
 
 
 def caption_one(teacher: Teacher, image: PILImage.Image, *, prompt: str = DEFAULT_PROMPT,
-                params: GenerationParams = GenerationParams()) -> CaptionResult:
+                params: GenerationConfig = TEACHER_GENERATION) -> CaptionResult:
     """Caption a single (uploaded) image and time it: for the playground."""
-    proc = processor_params_for([image])
-    n_image_tokens = int((_encode(teacher, [image], prompt, proc)["input_ids"]
-                          == teacher.model.config.image_token_id).sum())
+    inputs, proc = processor_inputs(teacher, [image], prompt)
+    n_image_tokens = int((inputs["input_ids"] == teacher.model.config.image_token_id).sum())
     t0 = time.perf_counter()
     texts, new_tokens = generate_batch(teacher, [image], prompt=prompt, params=params)
     return CaptionResult(text=texts[0], seconds=time.perf_counter() - t0, new_tokens=new_tokens,
                          image_tokens=n_image_tokens, processor_params=proc)
 
 
-def provenance(teacher: Teacher, *, prompt: str, params: GenerationParams,
+def provenance(teacher: Teacher, *, prompt: str, params: GenerationConfig,
                processor_params: dict, batch_size: int) -> dict:
     """What to store on a draft: model, revision, prompt, generation and processor params."""
-    gen = {**asdict(params), "dtype": teacher.dtype, "device": teacher.device,
+    decoding = {k: getattr(params, k) for k in PROVENANCE_FIELDS}
+    if params.top_k:
+        decoding["top_k"] = params.top_k
+    gen = {**decoding, "dtype": teacher.dtype, "device": teacher.device,
            "attn_implementation": teacher.attn, "batch_size": batch_size}
     if teacher.tiny:
         gen["tiny_random_model"] = True

@@ -4,8 +4,8 @@
 // contiguous (views into a KV cache are fine); returns (B, 1, H, D) bf16, the layout Hugging
 // Face's attention functions return. Per head: s_t = scale * <q, k_t>, p = softmax(s),
 // o = sum_t p_t v_t, all in float32, rounded to bf16 once at the end. It replaces three batched
-// float32 ops (attention.py, used for prompts) that cost ~140 us per layer at T ~ 100 on this
-// 2-core box, mostly in per-call setup, with one pass over K and V.
+// float32 ops (attention.py, used for prompts) whose cost for one query is mostly per-call
+// setup, with one pass over K and V.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>

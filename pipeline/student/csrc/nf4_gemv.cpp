@@ -4,8 +4,8 @@
 // bit equal; tests/test_student_decode.py checks it): each 32-row tile accumulates
 // dpbf16(code[w], x) over one 64-wide quantisation block, then scales by that block's absmax.
 // It is faster for one token because four tiles are interleaved, so the dot-product dependency
-// chains overlap, and each weight stream is prefetched 2 KiB ahead (1 KiB reached ~61 GB/s of an
-// 80 GB/s machine, 2 KiB ~70). w: (N, K/2) uint8, tiles of 32 rows with k in pairs; absmax:
+// chains overlap, and each weight stream is prefetched 2 KiB ahead (closer to the bandwidth bound
+// than 1 KiB in bench/student.py). w: (N, K/2) uint8, tiles of 32 rows with k in pairs; absmax:
 // (K/bs, N) bf16; lut: the 16 NF4 codes as bf16 bits, twice (32 x int16), so vpermw can look up
 // a zero-extended byte directly: its index bit 4 (the high nibble's low bit) picks either copy.
 #include <torch/extension.h>

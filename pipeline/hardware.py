@@ -1,0 +1,111 @@
+"""What this machine can do: the one CPU-capability probe and the one `resolve_device`.
+
+The CPU's instruction sets are read once (the `flags` line of /proc/cpuinfo on Linux, else
+PyTorch's own dispatch level) and decide the compute dtype (bf16 where the CPU multiplies it
+natively) and whether the native decode kernels (student/kernels.py) can run.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl"})  # what "AVX-512" means here (Skylake-X and later)
+
+
+@dataclass(frozen=True)
+class CpuCapabilities:
+    """The instruction sets that change which code path runs."""
+
+    model: str
+    machine: str  # platform.machine(): x86_64, aarch64, ...
+    avx2: bool
+    avx512: bool  # AVX512 F + BW + VL
+    avx512_bf16: bool  # bf16 dot products (Cooper Lake, Zen 4 and later)
+    amx_bf16: bool  # bf16 tile matmuls (Sapphire Rapids and later)
+
+    @property
+    def is_x86_64(self) -> bool:
+        return self.machine.lower() in ("x86_64", "amd64")
+
+    @property
+    def has_bf16(self) -> bool:
+        """Native bf16 matmuls: bf16 is then the faster compute dtype on this CPU."""
+        return self.avx512_bf16 or self.amx_bf16
+
+    @property
+    def path(self) -> str:
+        """The widest SIMD path the CPU offers, as the benches print it."""
+        if self.amx_bf16:
+            return "AMX-BF16"
+        if self.avx512_bf16:
+            return "AVX512-BF16"
+        if self.avx512:
+            return "AVX-512"
+        return "AVX2" if self.avx2 else "baseline"
+
+
+def parse_cpuinfo(text: str, *, machine: str = "x86_64") -> CpuCapabilities:
+    """Capabilities from the text of /proc/cpuinfo (the first processor's model and flags)."""
+    flags: set[str] = set()
+    model = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "model name" and not model:
+            model = value.strip()
+    return CpuCapabilities(model=model or platform.processor(), machine=machine, avx2="avx2" in flags,
+                           avx512=AVX512 <= flags, avx512_bf16="avx512_bf16" in flags,
+                           amx_bf16="amx_bf16" in flags)
+
+
+def _from_torch() -> CpuCapabilities:
+    """No /proc/cpuinfo (macOS, Windows): PyTorch's dispatch level and oneDNN's bf16 check."""
+    import torch
+
+    level = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", "ZVECTOR", ...
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    avx512 = level == "AVX512"
+    return CpuCapabilities(model=platform.processor(), machine=platform.machine(),
+                           avx2=avx512 or level == "AVX2", avx512=avx512, avx512_bf16=avx512 and bf16,
+                           amx_bf16=False)
+
+
+@cache
+def cpu() -> CpuCapabilities:
+    """This machine's CPU, probed once per process."""
+    try:
+        return parse_cpuinfo(CPUINFO.read_text(), machine=platform.machine())
+    except OSError:
+        return _from_torch()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX)."""
+    return cpu().has_bf16
+
+
+def describe_cpu() -> dict:
+    """The CPU and its code path, for benchmark output (with the load it ran under)."""
+    import torch
+
+    return {"cpu_path": cpu().path, **asdict(cpu()), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; any other value is returned as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

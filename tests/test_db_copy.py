@@ -11,6 +11,7 @@ from db.jobs import create_job, finish_job
 from db.lineage import register_snapshot, register_student
 from db.models import Image, JobKind, JobStatus, RejectReason, ReviewAction, ReviewEvent, SourceKind
 from db.review import claim_next, decide, get_item
+from db.users import add_user
 from pipeline.cli import app
 from tests.conftest import BUNDLED, seed_images
 
@@ -23,7 +24,7 @@ def empty_pg(pg_server):
 
 
 def fill(engine) -> None:
-    """Rows in every table: images, drafts, reviews, events (one undone), a job, a snapshot, a student."""
+    """Rows in every table: images, drafts, reviews, events, a job, a snapshot, a student, users."""
     ids = seed_images(engine, {"cat": 3, "dog": 2, "ship": 2})
     for k, i in enumerate(ids[:4]):
         with session_scope(engine) as s:
@@ -41,6 +42,8 @@ def fill(engine) -> None:
         register_snapshot(s, snapshot_id="snap-1", path="/x/snap-1", content_hash="abc", n_items=2,
                           reviewers=["bob"], image_ids=[ids[0], ids[2]])
         register_student(s, path="/x/student-1", snapshot_id="snap-1", metrics={"loss": 0.5})
+        add_user(s, name="ann", role="reviewer", password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
+        add_user(s, name="lead", role=None)
 
 
 def table_rows(url: str) -> dict[str, list[tuple]]:
@@ -76,7 +79,8 @@ def test_copy_moves_every_table_and_refuses_a_full_database(engine, settings, em
     assert result.exit_code == 0, result.output
     source = table_rows(settings.resolved_database_url)
     copied = table_rows(empty_pg)
-    assert set(source) == {"image", "draft", "review", "reviewevent", "job", "snapshot", "student", "futureuser"}
+    assert {"image", "draft", "review", "reviewevent", "job", "snapshot", "student", "user_account",
+            "futureuser"} <= set(source)
     assert copied == source  # every row, every value (bytes, JSON, enums, aware datetimes)
     assert all(rows for rows in source.values())
     for name, rows in source.items():

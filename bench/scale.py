@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,7 +24,7 @@ from teacher import build_random_smolvlm  # noqa: E402 - bench/ is a folder of s
 from db.engine import init_store  # noqa: E402
 from pipeline.data.sources import ImportSource, import_images  # noqa: E402
 from pipeline.teacher.drafting import CaptionRequest, run_captioning  # noqa: E402
-from pipeline.teacher.model import GenerationParams, load_teacher  # noqa: E402
+from pipeline.teacher.model import TEACHER_GENERATION, load_teacher  # noqa: E402
 from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray, start_local_ray  # noqa: E402
 from pipeline.tiny import build_tiny_teacher, find_smolvlm_processor_dir  # noqa: E402
 
@@ -87,7 +88,7 @@ def main() -> None:
         models["tiny"] = str(build_tiny_teacher(work / "tiny", processor_dir=find_smolvlm_processor_dir()))
     if "full" in args.models:
         models["full"] = str(build_random_smolvlm(args.full_dir))
-    params = GenerationParams(max_new_tokens=args.new_tokens)
+    params = replace(TEACHER_GENERATION, max_new_tokens=args.new_tokens)
     emit(machine=os.uname().nodename, cores=os.cpu_count(), ray=ray.__version__, images=args.images,
          new_tokens=args.new_tokens, batch_size=args.batch_size)
     t0 = time.perf_counter()

@@ -319,7 +319,8 @@ def release_claims(session: Session, *, reviewer: str) -> int:
 
 
 def events_for_image(session: Session, *, image_id: int) -> list[ReviewEvent]:
-    return list(session.exec(select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)).all())
+    query = select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)
+    return list(session.exec(query).all())
 
 
 def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime | None = None,

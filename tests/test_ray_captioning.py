@@ -16,16 +16,17 @@ from sqlmodel import select
 from db.engine import init_store, session_scope
 from db.models import Draft, Image
 from pipeline.data.sources import ImportSource, import_images
+from pipeline.generation import GenerationConfig
 from pipeline.settings import Settings
 from pipeline.teacher.drafting import CaptionRequest, run_captioning
-from pipeline.teacher.model import GenerationParams, load_teacher
+from pipeline.teacher.model import load_teacher
 from pipeline.tiny import build_tiny_teacher
 from tests.conftest import REPO
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
 
 ASSETS = REPO / "tests" / "assets" / "smolvlm_processor"
-GREEDY = GenerationParams(max_new_tokens=12)
+GREEDY = GenerationConfig(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_a_worker_killed_midway_leaves_one_draft_per_image(local_ray, tiny_dir, 
             os.kill(workers[0], signal.SIGKILL)
             killed.append(done)
 
-    summary = run_captioning_ray(engine, CaptionRequest(params=GenerationParams(max_new_tokens=20), batch_size=2),
+    summary = run_captioning_ray(engine, CaptionRequest(params=GenerationConfig(max_new_tokens=20), batch_size=2),
                                  model=str(tiny_dir), device="cpu", dtype="float32",
                                  options=RayOptions(workers=2), on_progress=kill_one)
     assert killed and killed[0] < 30

@@ -142,7 +142,8 @@ if run:
     result = {"input": inp.model_png, "teacher": None, "student": None}
     if use_teacher:
         with cols[0]:
-            result["teacher"] = run_one("teacher", image, lambda: teacher_model(settings.teacher_model, settings.device),
+            result["teacher"] = run_one("teacher", image,
+                                        lambda: teacher_model(settings.teacher_model, settings.device),
                                         lambda m: stream_teacher(m, image, params))
     if student:
         with cols[1]:

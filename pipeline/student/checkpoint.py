@@ -69,6 +69,7 @@ def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) ->
     torch.set_rng_state(blob["torch_rng"])
     np.random.set_state(blob["numpy_rng"])
     random.setstate(blob["python_rng"])
-    if blob.get("cuda_rng") is not None and torch.cuda.is_available() and len(blob["cuda_rng"]) == torch.cuda.device_count():
+    cuda_rng = blob.get("cuda_rng")
+    if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
     return json.loads((ckpt / "state.json").read_text())

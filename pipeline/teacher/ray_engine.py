@@ -69,11 +69,12 @@ class TeacherCaptioner:
                  batch_size: int, threads: int):
         import torch
 
-        from pipeline.teacher.model import GenerationParams, load_teacher
+        from pipeline.generation import GenerationConfig
+        from pipeline.teacher.model import load_teacher
 
         torch.set_num_threads(threads)
         self.teacher = load_teacher(model, device=device, dtype=dtype)
-        self.prompt, self.params, self.batch_size = prompt, GenerationParams(**params), batch_size
+        self.prompt, self.params, self.batch_size = prompt, GenerationConfig(**params), batch_size
 
     def __call__(self, batch: dict) -> dict:
         from pipeline.data.images import decode_png

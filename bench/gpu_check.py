@@ -40,7 +40,7 @@ def run_phase(name: str, fn, *args) -> dict:
     t = time.perf_counter()
     try:
         row = {"phase": name, "ok": True, **fn(*args)}
-    except Exception:  # noqa: BLE001  (report and go on to the next phase)
+    except Exception:
         row = {"phase": name, "ok": False, "error": traceback.format_exc()[-2500:]}
     row["wall_s"] = round(time.perf_counter() - t, 1)
     emit(row)
@@ -89,7 +89,7 @@ def bench_student():
 def _version(name: str) -> str | None:
     try:
         mod = __import__(name)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return getattr(mod, "__version__", "?")
 
@@ -128,7 +128,7 @@ def phase_env(device: str) -> dict:
             x = torch.randn(m, 256, dtype=torch.bfloat16, device=device)
             y, ref = bnb.matmul_4bit(x, q, quant_state=qs), x @ deq.t()
             row[f"bnb_matmul_4bit_rel_err_m{m}"] = round(float((y - ref).float().norm() / ref.float().norm()), 4)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row["bnb_check_error"] = traceback.format_exc()[-1200:] if str(e) else repr(e)
     return row
 
@@ -253,7 +253,7 @@ def phase_memorise(device: str, work: Path) -> dict:
         merged = load_student(out, path="bf16", device=device)
         row["exact_real_bf16_path"] = sum(c == r.text for c, r in zip(generate_captions(merged, images), recs))
         del merged
-    except Exception:  # noqa: BLE001
+    except Exception:
         row["bf16_path_error"] = traceback.format_exc()[-1200:]
     free(device)
     row.update(gpu_mem(device))
@@ -408,13 +408,13 @@ def phase_full_infer(device: str, work: Path, which: str, new_tokens: int, reps:
                 row[f"{loop}_ttft_s"] = round(min(r[0] for r in runs), 4)
                 row[f"{loop}_decode_tok_s"] = round(max(r[1] for r in runs), 2)
                 row[f"{loop}_decode_tok_s_runs"] = [round(r[1], 2) for r in runs]
-            except Exception:  # noqa: BLE001  (one loop failing must not hide the other)
+            except Exception:
                 row[f"{loop}_error"] = traceback.format_exc()[-1200:]
         try:
             lean = generate_ids(student, img, config=gc_, stop_at_eos=False).cpu()
             hf = hf_generate(student, img, config=gc_, stop_at_eos=False).cpu()
             row["lean_equals_hf"] = lean.shape == hf.shape and bool(torch.equal(lean, hf))
-        except Exception:  # noqa: BLE001
+        except Exception:
             row["compare_error"] = traceback.format_exc()[-1200:]
     bpt = bs.weight_bytes_per_token(student.lm) / 1e9
     row["bytes_per_token_gb"] = round(bpt, 3)

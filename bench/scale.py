@@ -19,17 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher import build_random_smolvlm  # noqa: E402 - bench/ is a folder of scripts, not a package
+from teacher import build_random_smolvlm
 
-from db.engine import init_store  # noqa: E402
-from pipeline.data.sources import ImportSource, import_images  # noqa: E402
-from pipeline.teacher.drafting import CaptionRequest, run_captioning  # noqa: E402
-from pipeline.teacher.model import TEACHER_GENERATION, load_teacher  # noqa: E402
-from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray, start_local_ray  # noqa: E402
-from pipeline.tiny import build_tiny_teacher, find_smolvlm_processor_dir  # noqa: E402
+from db.engine import init_store
+from pipeline.data.sources import ImportSource, import_images
+from pipeline.teacher.drafting import CaptionRequest, run_captioning
+from pipeline.teacher.model import TEACHER_GENERATION, load_teacher
+from pipeline.teacher.ray_engine import RayOptions, run_captioning_ray, start_local_ray
+from pipeline.tiny import build_tiny_teacher, find_smolvlm_processor_dir
 
 
-def fresh_store(root: Path, n_images: int):  # noqa: ANN201
+def fresh_store(root: Path, n_images: int):
     engine = init_store(f"sqlite:///{root}/studio.db")
     import_images(engine, source=ImportSource.bundled, n_per_class=max(1, -(-n_images // 10)))
     return engine
@@ -53,7 +53,7 @@ def bench_local(model: str, request: CaptionRequest, root: Path, n: int, threads
     engine.dispose()
 
 
-def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> None:  # noqa: ANN001
+def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> None:
     engine = fresh_store(root, n)
     stamps: list[tuple[float, int]] = []
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ TEMPLATES = (  # what drafts look like: mostly fine, some with the usual teacher
 CHUNK = 5000
 
 
-def seed(engine, *, n: int) -> None:  # noqa: ANN001
+def seed(engine, *, n: int) -> None:
     """Bulk-insert n images, one draft each and their pending review rows (SQLAlchemy core)."""
     pngs = {c: [p.read_bytes() for p in sorted((BUNDLED / c).glob("*.png"))] for c in CLASSES}
     now = datetime.now(UTC)
@@ -67,7 +67,7 @@ def percentiles(ms: list[float]) -> dict:
     return {"p50_ms": round(q[49], 2), "p95_ms": round(q[94], 2), "max_ms": round(max(ms), 2), "n": len(ms)}
 
 
-def bench_approve_next(engine, *, iters: int, order: QueueOrder = QueueOrder.balanced,  # noqa: ANN001
+def bench_approve_next(engine, *, iters: int, order: QueueOrder = QueueOrder.balanced,
                        flag: str | None = None) -> dict:
     """Time one short session of (approve the item in hand + claim the next), `iters` times."""
     targets = {c: 10 for c in CLASSES}
@@ -85,7 +85,7 @@ def bench_approve_next(engine, *, iters: int, order: QueueOrder = QueueOrder.bal
     return percentiles(times)
 
 
-def bench_empty_filter(engine, *, runs: int = 5) -> dict:  # noqa: ANN001
+def bench_empty_filter(engine, *, runs: int = 5) -> dict:
     """claim_next with an auto-flag no item has: the worst case, every flagged item is read."""
     times = []
     for _ in range(runs):
@@ -96,7 +96,7 @@ def bench_empty_filter(engine, *, runs: int = 5) -> dict:  # noqa: ANN001
     return percentiles(times)
 
 
-def bench_service(engine, *, iters: int) -> dict:  # noqa: ANN001
+def bench_service(engine, *, iters: int) -> dict:
     """The review page's round trip: studio.submit_decision (decide, next, progress per class)."""
     from pipeline.services import review as studio
 

@@ -23,7 +23,7 @@ def auth_secrets() -> dict:
         return st.secrets.get("auth", {}).to_dict()
     except (FileNotFoundError, AttributeError):
         return {}
-    except Exception as err:  # noqa: BLE001 - a malformed secrets.toml: say so instead of a traceback
+    except Exception as err:
         st.error(f"Could not read .streamlit/secrets.toml: {err}")
         st.stop()
 

@@ -33,7 +33,7 @@ class TableCount:
     copied: int
 
 
-def _count(conn, table) -> int:  # noqa: ANN001
+def _count(conn, table) -> int:
     return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
@@ -83,7 +83,7 @@ def _tables(src: Engine, dest: Engine) -> list:
     return tables
 
 
-def _copy(src: Engine, dest: Engine, *, batch_rows: int, progress) -> list[TableCount]:  # noqa: ANN001
+def _copy(src: Engine, dest: Engine, *, batch_rows: int, progress) -> list[TableCount]:
     tables = _tables(src, dest)
     counts = []
     with src.connect() as read, dest.begin() as write:
@@ -106,7 +106,7 @@ def _copy(src: Engine, dest: Engine, *, batch_rows: int, progress) -> list[Table
     return counts
 
 
-def _advance_sequences(conn, tables) -> None:  # noqa: ANN001
+def _advance_sequences(conn, tables) -> None:
     """Rows were copied with their ids: move each id sequence past the largest id copied."""
     quote = conn.dialect.identifier_preparer.quote
     for table in tables:

@@ -24,7 +24,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record):
             # The driver's implicit transactions are disabled so that BEGIN IMMEDIATE below
             # takes the write lock up front: concurrent writers queue instead of deadlocking.
             dbapi_conn.isolation_level = None
@@ -36,14 +36,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn):  # noqa: ANN001
+        def _begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def lock_for_claim(stmt, session: Session):  # noqa: ANN001, ANN201 - a select, returned locked
+def lock_for_claim(stmt, session: Session):
     """Make a claim's SELECT safe against concurrent claimers.
 
     PostgreSQL (READ COMMITTED): `FOR UPDATE SKIP LOCKED`, so two sessions never pick the same free
@@ -55,7 +55,7 @@ def lock_for_claim(stmt, session: Session):  # noqa: ANN001, ANN201 - a select, 
     return stmt
 
 
-def lock_row(session: Session, model, key):  # noqa: ANN001, ANN201 - a table class, its primary key
+def lock_row(session: Session, model, key):
     """Read one row to change it: `SELECT ... FOR UPDATE` on PostgreSQL (a concurrent writer waits
     for this transaction instead of both acting on the same old version); a plain get on SQLite."""
     if session.get_bind().dialect.name == "postgresql":
@@ -83,7 +83,7 @@ def upgrade_to_head(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def alembic_config(url: str):  # noqa: ANN201
+def alembic_config(url: str):
     from alembic.config import Config
 
     here = Path(__file__).parent

@@ -99,11 +99,11 @@ def claim_next(
     return get_item(session, image_id=review.image_id)
 
 
-def _free(now: datetime):  # noqa: ANN202
+def _free(now: datetime):
     return or_(Review.claimed_by.is_(None), Review.claim_expires_at <= now)
 
 
-def _next_free(session: Session, *, order, targets, label, flag, now) -> Review | None:  # noqa: ANN001
+def _next_free(session: Session, *, order, targets, label, flag, now) -> Review | None:
     for state in (ReviewState.pending, ReviewState.skipped):
         base = select(Review).where(
             Review.state == state, Review.draft_id.is_not(None), _free(now)
@@ -144,7 +144,7 @@ def _next_free(session: Session, *, order, targets, label, flag, now) -> Review 
     return None
 
 
-def _first_of_label(session: Session, base, *, order: QueueOrder, label: str) -> Review | None:  # noqa: ANN001
+def _first_of_label(session: Session, base, *, order: QueueOrder, label: str) -> Review | None:
     stmt = base.where(Review.label == label)
     if order == QueueOrder.risk:
         stmt = stmt.order_by(Review.flag_count.desc(), Review.image_id)  # reads ix_review_risk
@@ -248,7 +248,7 @@ def decide(
     return review
 
 
-def _apply(action, review, draft, caption, reason):  # noqa: ANN001, ANN202
+def _apply(action, review, draft, caption, reason):
     if action == ReviewAction.approve:
         if draft is None:
             raise InvalidActionError("This item has no teacher draft to approve.")

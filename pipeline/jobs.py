@@ -116,7 +116,7 @@ class JobReporter:
         with session_scope(self._engine) as s:
             return cancel_requested(s, job_id=self.job_id)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if self._engine is None:
             return False
         if exc_type is None:
@@ -145,13 +145,13 @@ def process_alive(pid: int | None) -> bool:
         return True
 
 
-def log_tail(job, n_chars: int = 3000) -> str:  # noqa: ANN001 - a db.models.Job row
+def log_tail(job, n_chars: int = 3000) -> str:
     path = Path(job.log_path) if job.log_path else None
     return path.read_text(errors="replace")[-n_chars:] if path and path.is_file() else ""
 
 
 def wait_for_job(settings: Settings, job_id: int, *, timeout_s: float = 300, poll_s: float = 0.3,
-                 gone_grace_s: float = 5.0):  # noqa: ANN201 - the final db.models.Job row
+                 gone_grace_s: float = 5.0):
     """Block until the job ends (for tests and scripts); returns the final row.
 
     Raises TimeoutError after `timeout_s`, and RuntimeError (with the log's tail) when the job's

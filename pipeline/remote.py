@@ -60,7 +60,7 @@ def run_on_ray(settings: Settings, argv: list[str], env: dict, *, grace_s: float
                 return -1
         try:
             code, output = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a lost worker or node: the row must still end
+        except Exception as exc:
             code, output = 1, f"the Ray task failed: {type(exc).__name__}: {exc}\n"
         print(output, end="", flush=True)
         if code != 0 and engine is not None:
@@ -73,7 +73,7 @@ def run_on_ray(settings: Settings, argv: list[str], env: dict, *, grace_s: float
             ray.shutdown()
 
 
-def _close_row(engine, job_id: int, status, error: str | None = None) -> None:  # noqa: ANN001
+def _close_row(engine, job_id: int, status, error: str | None = None) -> None:
     """End a row the command left running (it was killed, or died before its reporter could)."""
     from db.engine import session_scope
     from db.jobs import get_job

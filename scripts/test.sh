@@ -34,4 +34,6 @@ if [ -z "${CAPSTUDIO_TEST_POSTGRES_URL:-}" ]; then
   fi
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Lint first (pyproject.toml's [tool.ruff]): a failure stops the run before the tests.
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -74,5 +74,5 @@ def add_account(data_dir: Path, name: str, role: Role | None, *, password: str |
     engine.dispose()
 
 
-def engine_for(data_dir: Path):  # noqa: ANN201
+def engine_for(data_dir: Path):
     return init_store(f"sqlite:///{(data_dir / 'studio.db').resolve()}")

@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 # Session fixtures of the student tests, registered here once so every module shares one
 # tiny base and one memorised student.
-from tests.conftest_student import cifar20_snapshot, memorised_student, tiny_phi3  # noqa: F401
+from tests.conftest_student import cifar20_snapshot, memorised_student, tiny_phi3  # noqa: F401  (shared fixtures)
 from tests.pg import pg_server  # noqa: F401  (the session's PostgreSQL server)
 
 REPO = Path(__file__).resolve().parent.parent

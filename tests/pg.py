@@ -98,7 +98,7 @@ def pg_server():
             url = start_server(folder / "pg")
         server = PostgresServer(url)
         server.check()
-    except Exception as err:  # noqa: BLE001  (turned into a loud failure in CI, a skip elsewhere)
+    except Exception as err:
         if folder is not None:
             stop_server(folder / "pg")
             shutil.rmtree(folder, ignore_errors=True)

@@ -31,7 +31,7 @@ def tiny_student_config(base: Path) -> StudentConfig:
                          lora_dropout=0.0, quantize_4bit=False)
 
 
-def approve_all(engine, ids: dict[str, list[int]], *, reviewer: str = "ann") -> None:  # noqa: ANN001
+def approve_all(engine, ids: dict[str, list[int]], *, reviewer: str = "ann") -> None:
     """Edit-approve every item with approved_caption(label, n)."""
     with session_scope(engine) as s:
         for label, image_ids in ids.items():
@@ -41,7 +41,7 @@ def approve_all(engine, ids: dict[str, list[int]], *, reviewer: str = "ann") -> 
                        expected_version=item.version, caption=approved_caption(label, n))
 
 
-def store_with_snapshot(data_dir: Path, *, per_class: int = 2, classes=CLASSES3) -> tuple[dict, str]:  # noqa: ANN001
+def store_with_snapshot(data_dir: Path, *, per_class: int = 2, classes=CLASSES3) -> tuple[dict, str]:
     """Fill a store, approve everything, export a snapshot; returns (ids by class, snapshot id)."""
     ids = fill_store(data_dir, per_class=per_class, classes=classes)
     engine = engine_for(data_dir)

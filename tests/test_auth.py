@@ -130,7 +130,7 @@ def test_users_cli(tmp_path, monkeypatch):
     monkeypatch.delenv("CAPSTUDIO_DATABASE_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env of the repository; the secrets file lands here
 
-    def cli(*args: str):  # noqa: ANN202 - click's Result
+    def cli(*args: str):
         return CliRunner().invoke(app, ["users", *args])
 
     assert cli("add", "ann", "--role", "reviewer", "--password", PASSWORD).exit_code == 0

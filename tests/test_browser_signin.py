@@ -141,5 +141,8 @@ def test_oidc_sign_in_through_st_login_lands_with_the_claimed_role(tmp_path, bro
             assert get_user(s, name="olga@example.org").role is None
         engine.dispose()
         page.get_by_role("button", name="Sign out").click()
+        # RP-initiated logout: st.logout() sends the browser to the provider's end_session page,
+        # which asks the user to confirm, then redirects back to the app
+        page.get_by_role("button", name="End session").click(timeout=30_000)
         page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
         assert page.get_by_text("Signed in: olga").count() == 0

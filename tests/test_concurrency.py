@@ -104,7 +104,7 @@ def review_share(args: tuple) -> dict:
                                  expected_version=item.version, reason=RejectReason.other)
                     version = row.version
                 decided.append((item.image_id, action.value, version))
-            except Exception as err:  # noqa: BLE001  (reported to the parent, which fails)
+            except Exception as err:
                 errors.append(f"{type(err).__name__}: {err}")
     finally:
         t1 = time.perf_counter()

@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-import db.models  # noqa: F401
+import db.models  # noqa: F401  (registers the tables the migrations are compared with)
 from db.engine import alembic_config, init_store
 from tests.conftest import BACKENDS
 

@@ -45,7 +45,7 @@ def test_configs_reject_contradictions():
 
 
 @pytest.fixture(scope="module")
-def fresh_student(tiny_phi3):  # noqa: F811
+def fresh_student(tiny_phi3):
     from pipeline.student.loader import build_student
 
     torch.manual_seed(0)

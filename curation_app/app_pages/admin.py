@@ -19,7 +19,7 @@ if "admin_message" in st.session_state:
     (st.success if ok else st.error)(message)
 
 
-def _do(call, **kwargs) -> None:  # noqa: ANN001 - one of auth's user-admin functions
+def _do(call, **kwargs) -> None:
     try:
         st.session_state["admin_message"] = (True, call(engine, actor=actor, **kwargs))
     except (PermissionDenied, StoreError, auth.AccountError) as err:
@@ -44,7 +44,7 @@ with st.form("admin_add", clear_on_submit=True):
         _do(auth.add_account, name=name, role=role, password=password or None)
         st.rerun()
 
-def _on_selected(call, **fields) -> None:  # noqa: ANN001 - reads the widgets' values at click time
+def _on_selected(call, **fields) -> None:
     _do(call, name=st.session_state["admin_who"], **{k: st.session_state.get(v, v) for k, v in fields.items()})
 
 

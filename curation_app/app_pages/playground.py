@@ -23,16 +23,16 @@ _MD = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~])")
 
 
 @st.cache_resource(show_spinner="Loading the teacher…", max_entries=2)
-def teacher_model(model: str, device: str):  # noqa: ANN201
+def teacher_model(model: str, device: str):
     return load_playground_teacher(model, device=device)
 
 
 @st.cache_resource(show_spinner="Loading the student…", max_entries=3)
-def student_model(folder: str):  # noqa: ANN201
+def student_model(folder: str):
     return load_playground_student(folder, native_kernels=settings.native_kernels)
 
 
-def literal(pieces):  # noqa: ANN001, ANN201
+def literal(pieces):
     """Model text streamed as Markdown-escaped pieces, so it shows exactly as written."""
     for piece in pieces:
         yield _MD.sub(r"\\\1", piece)
@@ -42,7 +42,7 @@ def pick_example(key: str) -> None:
     st.session_state["pg_example"] = key
 
 
-def run_one(kind: str, image, load, stream_for) -> dict:  # noqa: ANN001
+def run_one(kind: str, image, load, stream_for) -> dict:
     """Load (cached) and stream one model into the current column; a plain-data outcome."""
     try:
         model = load()

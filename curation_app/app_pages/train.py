@@ -97,7 +97,7 @@ def _resume(job_id: int) -> None:
         st.session_state["train_message"] = (False, str(err))
 
 
-def report_panel(run) -> None:  # noqa: ANN001 - a TrainView
+def report_panel(run) -> None:
     st.markdown("**Evaluation report** (validation split)")
     if not run.report:
         status, error = run.evaluation or (None, None)

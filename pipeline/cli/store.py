@@ -19,7 +19,7 @@ from pipeline.data.sources import ImportSource, SourceError, Split, import_image
 from pipeline.settings import Settings
 
 
-def open_store(settings: Settings):  # noqa: ANN201
+def open_store(settings: Settings):
     """Migrate and open the store (creating the data folder on a first run)."""
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     return init_store(settings.resolved_database_url)
@@ -163,8 +163,8 @@ def caption(
                f"in {summary.seconds:.1f}s ({summary.images_per_s:.2f} images/s)")
 
 
-def _run_caption_job(settings: Settings, request, *, model: str, device: str, dtype: str,  # noqa: ANN001
-                     job_id: int | None, ray_options=None):  # noqa: ANN001, ANN202
+def _run_caption_job(settings: Settings, request, *, model: str, device: str, dtype: str,
+                     job_id: int | None, ray_options=None):
     """Load the teacher and caption, with a tqdm bar here and progress in the job row.
 
     Returns the CaptionSummary, or None when the job was cancelled (finished batches are kept)."""
@@ -195,7 +195,7 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
     return summary
 
 
-def _run_on_ray(engine, request, reporter, *, model: str, device: str, dtype: str, options):  # noqa: ANN001, ANN202
+def _run_on_ray(engine, request, reporter, *, model: str, device: str, dtype: str, options):
     """The Ray engine with the same tqdm bar and job-row progress; a cancel stops the Ray work."""
     from pipeline.jobs import JobCancelled
     from pipeline.teacher.ray_engine import run_captioning_ray
@@ -216,7 +216,7 @@ def _run_on_ray(engine, request, reporter, *, model: str, device: str, dtype: st
     return summary
 
 
-def drafted_counts(session) -> dict[str, int]:  # noqa: ANN001
+def drafted_counts(session) -> dict[str, int]:
     """{label: images with at least one draft}."""
     drafted = select(Draft.image_id).distinct().subquery()
     rows = session.exec(select(Image.label, func.count()).join(drafted, drafted.c.image_id == Image.id)

@@ -17,7 +17,7 @@ users = typer.Typer(help="Accounts for password/OIDC sign-in, and the cookie sec
 ROLES = ", ".join(r.value for r in Role)
 
 
-def _run(call, *args, **kwargs) -> None:  # noqa: ANN001 - one of the auth user-admin functions
+def _run(call, *args, **kwargs) -> None:
     engine = open_store(Settings())
     try:
         typer.echo(call(engine, *args, actor=auth.local_actor(), **kwargs))

@@ -161,7 +161,7 @@ def load_playground_teacher(model: str, *, device: str = "auto") -> Teacher:
         ) from exc
 
 
-def load_playground_student(folder: str, *, device: str = "cpu",  # noqa: ANN201 - a pipeline.student Student
+def load_playground_student(folder: str, *, device: str = "cpu",
                             native_kernels: bool = True):
     from pipeline.student.loader import load_student
 

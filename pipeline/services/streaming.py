@@ -64,7 +64,7 @@ def teacher_tile(teacher: Teacher, image: PILImage.Image) -> PILImage.Image:
     return PILImage.fromarray(arr, "RGB")
 
 
-def stream_student(student, image: PILImage.Image, params: GenerationConfig) -> TimedStream:  # noqa: ANN001
+def stream_student(student, image: PILImage.Image, params: GenerationConfig) -> TimedStream:
     from pipeline.student.generate import stream_caption
 
     tok = student.tokenizer
@@ -79,7 +79,7 @@ def stream_teacher(teacher: Teacher, image: PILImage.Image, params: GenerationCo
                        lambda text: _count(tok, text, params))
 
 
-def _count(tokenizer, text: str, params: GenerationConfig) -> int:  # noqa: ANN001
+def _count(tokenizer, text: str, params: GenerationConfig) -> int:
     """Tokens in the decoded text (re-encoding can add one; the model made at most max_new_tokens)."""
     return min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), params.max_new_tokens)
 

@@ -203,7 +203,7 @@ def training_runs(settings: Settings, engine: Engine, *, actor: Actor, limit: in
     return [replace(r, evaluation=evaluations.get(r.student_dir)) for r in runs]
 
 
-def _view(job_id, status, done, total, message, error, params, *, superseded: bool) -> TrainView:  # noqa: ANN001
+def _view(job_id, status, done, total, message, error, params, *, superseded: bool) -> TrainView:
     folder = Path(params.get("student_dir", ""))
     return TrainView(job_id=job_id, status=status, done=done, total=total, message=message, error=error,
                      superseded=superseded,

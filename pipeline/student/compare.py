@@ -74,7 +74,7 @@ def run_compare(settings: Settings, *, student_dir: Path, snapshot: str, split: 
     return out
 
 
-def _row(record, text: str) -> dict:  # noqa: ANN001 - a SnapshotRecord
+def _row(record, text: str) -> dict:
     score = score_pair(text, record.text)
     teacher = score_pair(record.teacher_draft, record.text) if record.teacher_draft else {"rouge_l": None}
     return {

@@ -92,7 +92,7 @@ def stream_caption(
 
 def hf_generate(student: Student, images: list[Image.Image], *,
                 config: GenerationConfig = GenerationConfig(), stop_at_eos: bool = True,
-                streamer=None) -> torch.Tensor:  # noqa: ANN001
+                streamer=None) -> torch.Tensor:
     """The reference: the same decoding through Hugging Face `generate()` (B, T_new)."""
     from transformers import GenerationConfig as HFGenerationConfig
 

@@ -108,7 +108,7 @@ def load_teacher(model: str, *, device: str = "auto", dtype: str = "auto") -> Te
                    device=device, dtype=dtype, tiny=is_tiny_model(model))
 
 
-def _from_pretrained(model: str, dtype: str, *, local_only: bool):  # noqa: ANN202
+def _from_pretrained(model: str, dtype: str, *, local_only: bool):
     """The one `from_pretrained` site of the SmolVLM family (processor and model)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

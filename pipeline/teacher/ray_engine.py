@@ -30,11 +30,11 @@ RAY_MISSING = ("the Ray engine needs Ray, which is an optional extra: "
                "pip install -r requirements-ray.txt (the default engine needs no Ray)")
 
 
-def import_ray():  # noqa: ANN201 - the ray module
+def import_ray():
     """`import ray` (with Ray Data), or a TeacherError that says how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401 - Ray Data is the part we need; fails without the [data] extra
+        import ray.data
     except ImportError as exc:
         raise TeacherError(f"{RAY_MISSING} ({exc})") from exc
     return ray
@@ -87,7 +87,7 @@ class TeacherCaptioner:
         return {"image_id": batch["image_id"], "text": texts, "provenance": [json.dumps(prov)] * len(texts)}
 
 
-def connect(ray, options: RayOptions) -> bool:  # noqa: ANN001
+def connect(ray, options: RayOptions) -> bool:
     """Join `options.address`, or start a local Ray sized for the workers; True when we started it."""
     if ray.is_initialized():
         return False
@@ -101,7 +101,7 @@ def connect(ray, options: RayOptions) -> bool:  # noqa: ANN001
     return True
 
 
-def start_local_ray(ray, *, num_cpus: int, num_gpus: int | None = None, attempts: int = 3) -> None:  # noqa: ANN001
+def start_local_ray(ray, *, num_cpus: int, num_gpus: int | None = None, attempts: int = 3) -> None:
     """A small local Ray: no dashboard, a patient raylet, and another try when it does not come up
     in time (on a loaded machine its agent processes can take longer than Ray's 30 s to start)."""
     for attempt in range(1, attempts + 1):
@@ -109,13 +109,13 @@ def start_local_ray(ray, *, num_cpus: int, num_gpus: int | None = None, attempts
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
                      _system_config={"agent_register_timeout_ms": 300_000, "raylet_start_wait_time_s": 300})
             return
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node is late
+        except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == attempts:
                 raise
             ray.shutdown()
 
 
-def _blocks(ray, engine: Engine, todo: list[int], per_block: int) -> list:  # noqa: ANN001
+def _blocks(ray, engine: Engine, todo: list[int], per_block: int) -> list:
     """Read the images in chunks; each chunk becomes one Arrow block in the object store."""
     import pyarrow as pa
 

@@ -3,8 +3,8 @@
 Run: `python bench/scale.py [--images 24] [--new-tokens 16] [--models tiny,full]` (needs
 requirements-ray.txt). "tiny" is the tiny random Idefics3 of the tests; "full" a random-weight
 SmolVLM-256M built from the real config (bench/teacher.py). Prints one JSON line per run:
-images/s over the whole run, and for Ray the steady rate after the first batch came back (the
-per-worker rate a projection should use) plus the fixed cost (ray.init, actors, teacher loads).
+images/s over the whole run; Ray runs twice (n and 2n images), giving the marginal rate (the
+per-image cost a projection should use) and the fixed cost per run (actors start, teacher loads).
 Every line carries os.getloadavg(): on a shared machine the figures move with the load.
 """
 from __future__ import annotations
@@ -53,22 +53,29 @@ def bench_local(model: str, request: CaptionRequest, root: Path, n: int, threads
     engine.dispose()
 
 
-def bench_ray(ray, model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> None:
+def _ray_wall(model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> tuple[float, int]:
+    """Seconds from submission to the last draft written, for n images on a fresh store."""
     engine = fresh_store(root, n)
-    stamps: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    summary = run_captioning_ray(engine, request, model=model, device="cpu", dtype="float32",
-                                 options=RayOptions(workers=workers),
-                                 on_progress=lambda d, t: stamps.append((time.perf_counter(), d)))
+    summary = run_captioning_ray(engine, replace(request, limit=n), model=model, device="cpu", dtype="float32",
+                                 options=RayOptions(workers=workers))
     wall = time.perf_counter() - t0
-    done = [(t, d) for t, d in stamps if d > 0]
-    steady = (done[-1][1] - done[0][1]) / (done[-1][0] - done[0][0]) if len(done) > 1 else None
-    emit(engine="ray", model=Path(model).name, workers=workers, threads_per_worker=1, images=summary.written,
-         wall_s=round(wall, 2),
-         images_per_s=round(summary.written / wall, 3),
-         steady_images_per_s=round(steady, 3) if steady else None,
-         first_batch_s=round(done[0][0] - t0, 2) if done else None)
     engine.dispose()
+    return wall, summary.written
+
+
+def bench_ray(model: str, request: CaptionRequest, root: Path, n: int, workers: int) -> None:
+    """Two runs, n and 2n images: the difference is the marginal rate (what more images cost, the
+    figure a projection uses), the rest the fixed cost (actors start, each loads the teacher)."""
+    wall_n, done_n = _ray_wall(model, request, root / "n", n, workers)
+    wall_2n, done_2n = _ray_wall(model, request, root / "2n", 2 * n, workers)
+    extra = wall_2n - wall_n
+    rate = (done_2n - done_n) / extra if extra > 0 else None
+    emit(engine="ray", model=Path(model).name, workers=workers, threads_per_worker=1,
+         images=[done_n, done_2n], wall_s=[round(wall_n, 2), round(wall_2n, 2)],
+         images_per_s=round(done_2n / wall_2n, 3),
+         marginal_images_per_s=round(rate, 3) if rate else None,
+         fixed_s=round(wall_n - done_n / rate, 2) if rate else None)
 
 
 def main() -> None:
@@ -102,7 +109,7 @@ def main() -> None:
             bench_local(model, request, work / f"{name}-local-{threads}", n, threads)
         for workers in (1, 2):
             print(f"# {name}: ray, {workers} worker(s)", file=sys.stderr)
-            bench_ray(ray, model, request, work / f"{name}-ray-{workers}", n, workers)
+            bench_ray(model, request, work / f"{name}-ray-{workers}", n, workers)
     ray.shutdown()
 
 

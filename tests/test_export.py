@@ -1,6 +1,7 @@
 """Export: only approved pairs, reproducible content hash, atomic writes, balance check, zip, list."""
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
@@ -289,7 +290,10 @@ def test_cli_export_refuses_then_overrides(small, store, monkeypatch):
     done = runner.invoke(app, ["export", "--override-balance", "--val-fraction", "0.5"])
     assert done.exit_code == 0, done.output
     out = json.loads(done.output.strip().splitlines()[-1])
-    assert read_snapshot(Path(out["path"])).manifest["split_counts"] == {"train": 1, "validation": 1}
+    manifest = read_snapshot(Path(out["path"])).manifest
+    assert manifest["split_counts"] == {"train": 1, "validation": 1}
+    assert manifest["provenance"]["exported_by"] == getpass.getuser()  # the OS user, not a typed name
+    assert "--exported-by" not in runner.invoke(app, ["export", "--help"]).output
 
 
 @both_backends

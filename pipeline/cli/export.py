@@ -11,6 +11,7 @@ import typer
 from db.engine import init_store
 from pipeline.data.export import BalanceError, ExportError, export_snapshot
 from pipeline.jobs import JobReporter
+from pipeline.services.auth import local_actor
 from pipeline.settings import Settings
 
 
@@ -20,14 +21,14 @@ def export(
     ),
     val_fraction: float = typer.Option(0.2, help="Share of each class held out for validation."),
     seed: int = typer.Option(0, help="Seed of the stratified train/validation split."),
-    exported_by: str | None = typer.Option(None, help="Who is exporting (kept in the manifest)."),
     include_weak_drafts: bool = typer.Option(
         False, "--include-weak-drafts",
         help="Also add the pending (unreviewed) teacher drafts as a separate, clearly marked `weak` split.",
     ),
     job_id: int | None = typer.Option(None, help="Job row to report progress into (set by the app)."),
 ) -> None:
-    """Export every approved caption as a new snapshot under <data_dir>/exports."""
+    """Export every approved caption as a new snapshot under <data_dir>/exports (recorded as exported by
+    the OS user: whoever runs commands against the store acts as its admin)."""
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = init_store(settings.resolved_database_url)
@@ -38,7 +39,7 @@ def export(
 
             result = export_snapshot(
                 settings, engine, override_balance=override_balance, val_fraction=val_fraction,
-                seed=seed, exported_by=exported_by, include_weak=include_weak_drafts, progress=progress,
+                seed=seed, exported_by=local_actor().name, include_weak=include_weak_drafts, progress=progress,
             )
             job.result = {
                 "snapshot_id": result.snapshot_id, "path": str(result.path),

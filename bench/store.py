@@ -98,14 +98,15 @@ def bench_empty_filter(engine, *, runs: int = 5) -> dict:
 
 def bench_service(engine, *, iters: int) -> dict:
     """The review page's round trip: studio.submit_decision (decide, next, progress per class)."""
+    from pipeline.identity import Actor, Role
     from pipeline.services import review as studio
 
-    spec = studio.QueueSpec(reviewer="bench-service")
-    view = studio.open_review(engine, spec=spec)
+    actor, spec = Actor(name="bench-service", role=Role.reviewer), studio.QueueSpec()
+    view = studio.open_review(engine, actor=actor, spec=spec)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        view = studio.submit_decision(engine, spec=spec, image_id=view.item.image_id,
+        view = studio.submit_decision(engine, actor=actor, spec=spec, image_id=view.item.image_id,
                                       expected_version=view.item.version, action=ReviewAction.approve)
         times.append((time.perf_counter() - t0) * 1000)
     return percentiles(times)
@@ -122,7 +123,10 @@ def bench_page(data_dir: Path, *, runs: int) -> dict:
     os.environ.pop("CAPSTUDIO_DATABASE_URL", None)
     st.cache_resource.clear()
     at = AppTest.from_file(str(REVIEW_PAGE), default_timeout=60)
-    at.session_state["reviewer"] = "bench-page"
+    from curation_app.signin import ACTOR_KEY
+    from pipeline.identity import Actor, Role
+
+    at.session_state[ACTOR_KEY] = Actor(name="bench-page", role=Role.reviewer)  # as the entry point leaves it
     t0 = time.perf_counter()
     at.run()
     cold = (time.perf_counter() - t0) * 1000

@@ -273,7 +273,7 @@ def undo_last(session: Session, *, reviewer: str, now: datetime | None = None) -
     event = session.exec(
         select(ReviewEvent).where(
             ReviewEvent.reviewer == reviewer, ReviewEvent.undone.is_(False),
-            ReviewEvent.action != ReviewAction.undo,
+            ReviewEvent.action.not_in([ReviewAction.undo, ReviewAction.adjudicate]),  # adjudications stand
         ).order_by(ReviewEvent.id.desc()).limit(1)
     ).first()
     if event is None:
@@ -319,7 +319,8 @@ def release_claims(session: Session, *, reviewer: str) -> int:
 
 
 def events_for_image(session: Session, *, image_id: int) -> list[ReviewEvent]:
-    return list(session.exec(select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)).all())
+    stmt = select(ReviewEvent).where(ReviewEvent.image_id == image_id).order_by(ReviewEvent.id)
+    return list(session.exec(stmt).all())
 
 
 def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime | None = None,

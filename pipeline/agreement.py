@@ -78,10 +78,10 @@ def kappa(first: list[bool], second: list[bool]) -> float | None:
     """Cohen's kappa of two raters' approve (True) / reject (False); None when undefined."""
     from sklearn.metrics import cohen_kappa_score
 
-    if not first:
-        return None
+    if not first or len(set(first) | set(second)) < 2:
+        return None  # one category only: chance agreement is 1 and kappa is 0/0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # one category only: 0/0, reported as None
+        warnings.simplefilter("ignore")  # scikit-learn's UndefinedMetricWarning for the remaining 0/0 cases
         value = float(cohen_kappa_score(first, second, labels=[False, True]))
     return None if math.isnan(value) else value
 

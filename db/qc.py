@@ -185,8 +185,10 @@ def claim_second(session: Session, *, reviewer: str, now: datetime | None = None
     """Claim the next waiting second review for `reviewer` (their live claim first); never an item
     they decided first. None when there is nothing for them."""
     now = now or utcnow()
-    mine = select(SecondOpinion).where(
-        SecondOpinion.state == OpinionState.waiting, SecondOpinion.first_reviewer != reviewer)
+    decided = select(Review.image_id).where(Review.state.in_([ReviewState.approved, ReviewState.rejected]))
+    mine = select(SecondOpinion).where(  # (an item sent back to review waits until it is decided again)
+        SecondOpinion.state == OpinionState.waiting, SecondOpinion.first_reviewer != reviewer,
+        SecondOpinion.image_id.in_(decided))
     opinion = session.exec(mine.where(SecondOpinion.claimed_by == reviewer, SecondOpinion.claim_expires_at > now)
                            .order_by(SecondOpinion.id).limit(1)).first()
     if opinion is None:

@@ -186,7 +186,7 @@ def test_adjudication_writes_events_and_changes_what_export_includes(settings, e
     assert (event.action, event.reviewer, event.after_caption) == (
         ReviewAction.adjudicate, "cur", "A tabby cat asleep on a sofa.")
     assert (review.final_caption, review.reviewer) == ("A tabby cat asleep on a sofa.", "cur")
-    after = export_snapshot(settings, engine)
+    after = export_snapshot(settings, engine, override_balance=True)
     captions = {r.label: r.text for r in _records(after.path)}
     assert captions == {"cat": "A tabby cat asleep on a sofa.", "dog": "A dog photo 0."}
     manifest = json.loads((after.path / "manifest.json").read_text())

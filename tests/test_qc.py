@@ -241,3 +241,43 @@ def test_concurrent_second_reviewers_never_get_the_same_item(engine):
     with session_scope(engine) as s:
         assert {o.state for o in s.exec(select(SecondOpinion)).all()} == {OpinionState.agreed}
         assert s.exec(select(Image)).all()
+
+
+def test_review_service_routes_each_decision_and_undo_withdraws_it(engine):
+    from pipeline.identity import Actor, Role
+    from pipeline.services import review
+
+    ids = seed_images(engine, {"cat": 1})
+    ann = Actor("ann", Role.reviewer)
+    spec = review.QueueSpec(target_per_class=1, qc_default=ALL)  # QC on from the settings
+    view = review.open_review(engine, actor=ann, spec=spec)
+    review.submit_decision(engine, actor=ann, spec=spec, image_id=ids[0], expected_version=view.item.version,
+                           action=ReviewAction.edit_approve, caption="A cat on a wall.")
+    with session_scope(engine) as s:
+        [opinion] = s.exec(select(SecondOpinion)).all()
+    assert (opinion.first_reviewer, opinion.first_verdict, opinion.first_caption) == ("ann", Verdict.edit,
+                                                                                    "A cat on a wall.")
+    review.undo(engine, actor=ann, spec=spec)
+    with session_scope(engine) as s:
+        assert s.exec(select(SecondOpinion)).all() == []  # nothing decided, nothing to compare
+
+
+def test_stats_cli_prints_the_page_numbers_as_json(settings, engine, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ids = seed_images(engine, {"cat": 2})
+    for i in ids:
+        _first(engine, i, "ann")
+    _second(engine, "bob", Verdict.reject, reason=RejectReason.too_vague)
+    monkeypatch.setenv("CAPSTUDIO_DATA_DIR", str(settings.data_dir))
+    monkeypatch.delenv("CAPSTUDIO_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(app, ["stats"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    with session_scope(engine) as s:
+        assert out == json.loads(json.dumps(reviewer_stats(s).as_dict()))
+    bob = next(r for r in out["per_reviewer"] if r["reviewer"] == "bob")
+    assert (bob["decisions"], bob["reject_share"], bob["top_reject_reasons"], bob["agreement_rate"]) == (
+        1, 1.0, "too_vague (1)", 0.0)

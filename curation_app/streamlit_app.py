@@ -18,8 +18,11 @@ from pipeline.services.auth import startup_problem
 PAGES = [
     (Role.viewer, st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)),
     (Role.reviewer, st.Page("app_pages/review.py", title="Review", icon=":material/rate_review:")),
+    (Role.reviewer, st.Page("app_pages/second_review.py", title="Second review", icon=":material/fact_check:")),
     (Role.viewer, st.Page("app_pages/browse.py", title="Browse", icon=":material/table_view:")),
     (Role.curator, st.Page("app_pages/export.py", title="Export", icon=":material/archive:")),
+    (Role.curator, st.Page("app_pages/adjudicate.py", title="Adjudicate", icon=":material/gavel:")),
+    (Role.curator, st.Page("app_pages/stats.py", title="Stats", icon=":material/monitoring:")),
     (Role.curator, st.Page("app_pages/jobs.py", title="Jobs", icon=":material/work_history:")),
     (Role.viewer, st.Page("app_pages/playground.py", title="Playground", icon=":material/science:")),
     (Role.curator, st.Page("app_pages/train.py", title="Train", icon=":material/model_training:")),

@@ -33,6 +33,7 @@ class ReviewAction(str, enum.Enum):
     skip = "skip"
     undo = "undo"
     reopen = "reopen"
+    adjudicate = "adjudicate"  # a curator settled a disputed second opinion (db/qc.py)
 
 
 class RejectReason(str, enum.Enum):
@@ -42,6 +43,33 @@ class RejectReason(str, enum.Enum):
     unreadable_image = "unreadable_image"
     refusal = "refusal"
     other = "other"
+
+
+class Verdict(str, enum.Enum):
+    """One reviewer's outcome on an item, as quality control compares them."""
+
+    approve = "approve"  # the teacher's draft as it is
+    edit = "edit"  # approved with a caption of their own
+    reject = "reject"
+
+
+class OpinionState(str, enum.Enum):
+    waiting = "waiting"  # routed to a second reviewer, not decided yet
+    agreed = "agreed"  # both approve the same caption (normalised), or both reject
+    disputed = "disputed"  # waits for a curator's adjudication
+    adjudicated = "adjudicated"
+
+
+class RouteReason(str, enum.Enum):
+    sample = "sample"  # drawn in the sample fraction
+    edited = "edited"  # the first reviewer edited the draft (and the policy routes every edit)
+
+
+class Adjudication(str, enum.Enum):
+    first = "first"  # keep the first reviewer's decision
+    second = "second"  # keep the second reviewer's decision
+    merged = "merged"  # approve a caption the curator wrote from both
+    rejected = "rejected"
 
 
 class JobKind(str, enum.Enum):
@@ -187,3 +215,48 @@ class User(SQLModel, table=True):
     password_changed_at: datetime | None = None
     last_sign_in_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class QcPolicyRow(SQLModel, table=True):
+    """The quality-control policy a curator set (one row, id 1); absent: the settings' defaults."""
+
+    __tablename__ = "qc_policy"
+    id: int = Field(default=1, primary_key=True)
+    enabled: bool = False
+    sample_fraction: float = 0.2
+    route_edited: bool = True
+    updated_by: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class SecondOpinion(SQLModel, table=True):
+    """A blind second review of one decided item, and its adjudication. The first decision is
+    copied here when the item is routed; the second never changes the item's Review row."""
+
+    __tablename__ = "second_opinion"
+    __table_args__ = (Index("ix_second_opinion_queue", "state", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: int = Field(foreign_key="image.id", unique=True)
+    draft_id: int | None = Field(default=None, foreign_key="draft.id")
+    routed_because: RouteReason
+    state: OpinionState = Field(default=OpinionState.waiting)
+    first_reviewer: str = Field(index=True)
+    first_verdict: Verdict
+    first_caption: str | None = None
+    first_reason: RejectReason | None = None
+    first_decided_at: datetime | None = None
+    second_reviewer: str | None = Field(default=None, index=True)
+    second_verdict: Verdict | None = None
+    second_caption: str | None = None
+    second_reason: RejectReason | None = None
+    second_note: str | None = None
+    second_decided_at: datetime | None = None
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
+    adjudicator: str | None = None
+    adjudication: Adjudication | None = None
+    adjudicated_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    version: int = 1

@@ -273,7 +273,7 @@ def undo_last(session: Session, *, reviewer: str, now: datetime | None = None) -
     event = session.exec(
         select(ReviewEvent).where(
             ReviewEvent.reviewer == reviewer, ReviewEvent.undone.is_(False),
-            ReviewEvent.action != ReviewAction.undo,
+            ReviewEvent.action.not_in([ReviewAction.undo, ReviewAction.adjudicate]),  # adjudications stand
         ).order_by(ReviewEvent.id.desc()).limit(1)
     ).first()
     if event is None:

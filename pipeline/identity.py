@@ -3,7 +3,7 @@ service function takes, and the one check (`require`) that those functions call.
 
 Roles are ordered: each one can do everything the roles below it can.
     viewer    Home, Browse, Lineage, Playground (read only)
-    reviewer  + review decisions, undo of their own decisions
+    reviewer  + review decisions, undo of their own decisions, blind second reviews
     curator   + jobs, export, train, batch compare, send back to review, guidelines, adjudication
     admin     + users, deleting snapshots and students
 """

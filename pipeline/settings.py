@@ -8,6 +8,7 @@ import enum
 from pathlib import Path
 
 from db.config import StoreSettings
+from db.qc import QcPolicy
 from pipeline.hardware import resolve_device
 from pipeline.identity import AuthMode, Role
 
@@ -61,6 +62,18 @@ class Settings(StoreSettings):
     """GPUs per Ray teacher worker and per Ray compare/evaluate task."""
     train_nproc: int = 1
     """Data-parallel training processes (torchrun) of a train job under the ray backend."""
+    qc_enabled: bool = False
+    """Blind second review on (until a curator sets the policy on the Adjudicate page)."""
+    qc_sample_fraction: float = 0.2
+    """Share of decided items routed to a second reviewer when QC is on."""
+    qc_route_edited: bool = True
+    """When QC is on, also route every item whose first reviewer edited the draft."""
+
+    @property
+    def qc_default(self) -> QcPolicy:
+        """The QC policy in force while no curator has set one in the store."""
+        return QcPolicy(enabled=self.qc_enabled, sample_fraction=self.qc_sample_fraction,
+                        route_edited=self.qc_route_edited)
 
     @property
     def exports_dir(self) -> Path:

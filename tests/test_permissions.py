@@ -4,8 +4,8 @@ the actor's name. Refused: PermissionDenied, and the store, the exports and the 
 are exactly as before.
 
     viewer    read only
-    reviewer  + review decisions, undo of their own decisions
-    curator   + jobs, export, train, batch compare, send back to review, guidelines
+    reviewer  + review decisions, undo of their own decisions, blind second reviews
+    curator   + jobs, export, train, batch compare, send back to review, guidelines, QC policy, adjudication
     admin     + users, deleting snapshots
 """
 from __future__ import annotations
@@ -21,14 +21,30 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
+from db import qc as qc_store
 from db.engine import init_store, make_engine, session_scope
 from db.jobs import create_job, get_job
-from db.models import Image, Job, JobKind, Review, ReviewAction, ReviewEvent, ReviewState, SnapshotRecordRow, User
+from db.models import (
+    Adjudication,
+    Image,
+    Job,
+    JobKind,
+    OpinionState,
+    QcPolicyRow,
+    Review,
+    ReviewAction,
+    ReviewEvent,
+    ReviewState,
+    SecondOpinion,
+    SnapshotRecordRow,
+    User,
+    Verdict,
+)
 from db.review import decide, events_for_image, get_item
 from db.users import add_user, get_user
 from pipeline.data.export import export_snapshot, list_exports
 from pipeline.identity import Actor, PermissionDenied, Role, require
-from pipeline.services import auth, compare, export, guidelines, jobs, lineage, review, train
+from pipeline.services import auth, compare, export, guidelines, jobs, lineage, qc, review, train
 from pipeline.student.config import StudentConfig, TrainConfig
 from tests.conftest import seed_images
 
@@ -95,14 +111,16 @@ def fingerprint(w: World) -> tuple:
     """Everything a refused call could have changed."""
     with session_scope(w.engine) as s:
         counts = tuple(s.exec(select(func.count()).select_from(t)).one()
-                       for t in (Image, ReviewEvent, Job, SnapshotRecordRow, User))
+                       for t in (Image, ReviewEvent, Job, SnapshotRecordRow, User, SecondOpinion, QcPolicyRow))
         reviews = tuple((r.image_id, r.state, r.reviewer, r.claimed_by, r.version)
                         for r in s.exec(select(Review).order_by(Review.image_id)))
         job_flags = tuple((j.id, j.cancel_requested) for j in s.exec(select(Job).order_by(Job.id)))
         users = tuple((u.name, u.role, u.disabled, u.password_hash) for u in s.exec(select(User).order_by(User.id)))
+        opinions = tuple((o.id, o.state, o.second_reviewer, o.claimed_by, o.version)
+                         for o in s.exec(select(SecondOpinion).order_by(SecondOpinion.id)))
     files = tuple(sorted(str(p) for p in Path(w.settings.data_dir).rglob("*")
                          if p.is_file() and "studio.db" not in p.name))
-    return counts, reviews, job_flags, users, files
+    return counts, reviews, job_flags, users, opinions, files
 
 
 # Each case: (least role, setup → (call, check)). `call(actor)` runs the service function; `check(actor,
@@ -274,10 +292,89 @@ def _reset_password(w, a):
         check
 
 
+ALL = qc_store.QcPolicy(enabled=True, sample_fraction=1.0)
+
+
+def _routed(w) -> SecondOpinion:
+    """ann approved the first item and QC routed it to a second review."""
+    w.decide_as("ann", w.ids[0])
+    with session_scope(w.engine) as s:
+        qc_store.set_policy(s, policy=ALL, curator="cur")
+        return qc_store.route_decision(s, image_id=w.ids[0], policy=ALL)
+
+
+def _opinion(w, opinion_id) -> SecondOpinion:
+    with session_scope(w.engine) as s:
+        return s.get(SecondOpinion, opinion_id)
+
+
+def _open_second_review(w, a):
+    opinion = _routed(w)
+    return (lambda actor: qc.open_second_review(w.engine, actor=actor)), \
+        (lambda actor, view: view.item.opinion_id == opinion.id and _opinion(w, opinion.id).claimed_by == actor.name
+         or pytest.fail())
+
+
+def _submit_second_opinion(w, a):
+    opinion = _routed(w)
+
+    def call(actor):
+        return qc.submit_second_opinion(w.engine, actor=actor, opinion_id=opinion.id,
+                                        expected_version=opinion.version, verdict=Verdict.approve)
+
+    def check(actor, view):
+        row = _opinion(w, opinion.id)
+        assert view.ok and (row.second_reviewer, row.state) == (actor.name, OpinionState.agreed), view.message
+    return call, check
+
+
+def _set_qc_policy(w, a):
+    def check(actor, result):
+        with session_scope(w.engine) as s:
+            row = s.get(QcPolicyRow, 1)
+        assert result[0] and (row.enabled, row.sample_fraction, row.updated_by) == (True, 0.3, actor.name)
+    return (lambda actor: qc.set_policy(w.engine, actor=actor, enabled=True, sample_fraction=0.3,
+                                        route_edited=False)), check
+
+
+def _route_existing(w, a):
+    w.decide_as("ann", w.ids[1])
+    with session_scope(w.engine) as s:
+        qc_store.set_policy(s, policy=ALL, curator="cur")
+
+    def check(actor, result):
+        with session_scope(w.engine) as s:
+            assert result[0] and s.exec(select(SecondOpinion.image_id)).all() == [w.ids[1]]
+    return (lambda actor: qc.route_existing(w.settings, w.engine, actor=actor)), check
+
+
+def _settle(w, a):
+    opinion = _routed(w)
+    with session_scope(w.engine) as s:
+        opinion = qc_store.decide_second(s, opinion_id=opinion.id, reviewer="bob", verdict=Verdict.reject,
+                                         expected_version=opinion.version, reason="too_vague")
+
+    def call(actor):
+        return qc.settle(w.engine, actor=actor, opinion_id=opinion.id, expected_version=opinion.version,
+                         choice=Adjudication.second)
+
+    def check(actor, result):
+        assert result[0] and w.review(w.ids[0]).state == ReviewState.rejected
+        with session_scope(w.engine) as s:
+            last = events_for_image(s, image_id=w.ids[0])[-1]
+        assert (last.action, last.reviewer) == (ReviewAction.adjudicate, actor.name)
+    return call, check
+
+
 CASES: dict[str, tuple[Role, Case]] = {
     "review.open_review": (Role.reviewer, _open_review),
     "review.submit_decision": (Role.reviewer, _submit_decision),
     "review.undo": (Role.reviewer, _undo),
+    "qc.open_second_review": (Role.reviewer, _open_second_review),
+    "qc.submit_second_opinion": (Role.reviewer, _submit_second_opinion),
+    "qc.set_policy": (Role.curator, _set_qc_policy),
+    "qc.route_existing": (Role.curator, _route_existing),
+    "qc.settle": (Role.curator, _settle),
     "jobs.start_caption_job": (Role.curator, _start_caption_job),
     "jobs.cancel_job": (Role.curator, _cancel_job),
     "export.run_export": (Role.curator, _run_export),

@@ -33,7 +33,7 @@ with st.sidebar:
     flags = studio.flag_choices()
     flag = st.selectbox("Auto-flag", [None, *flags], format_func=lambda f: flags.get(f, "Any"), key="queue_flag")
 spec = studio.QueueSpec(order=order, label=label, flag=flag,
-                        target_per_class=settings.target_per_class)
+                        target_per_class=settings.target_per_class, qc_default=settings.qc_default)
 
 
 def _key(kind: str) -> str:

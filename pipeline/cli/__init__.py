@@ -10,6 +10,7 @@ import typer
 from pipeline.cli.compare import compare
 from pipeline.cli.db import db_app
 from pipeline.cli.export import export
+from pipeline.cli.stats import stats
 from pipeline.cli.store import build_tiny, caption, import_, init, status
 from pipeline.cli.student import evaluate_command, train_command
 from pipeline.cli.users import users
@@ -29,5 +30,6 @@ app.command()(export)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command()(compare)
+app.command()(stats)
 app.add_typer(users, name="users")
 app.add_typer(db_app, name="db")

@@ -22,7 +22,9 @@ from sqlmodel import Session, select
 from db.engine import session_scope
 from db.lineage import list_snapshot_rows, list_students, register_snapshot
 from db.models import Draft, Image, Review, ReviewState
+from db.qc import compared, get_policy, held_approved_counts, held_image_ids, state_counts
 from pipeline import __version__
+from pipeline.agreement import figures, pairs_of
 from pipeline.classes import CLASSES
 from pipeline.data.snapshot import SnapshotRecord, content_hash, list_snapshots, new_snapshot_id, write_snapshot
 from pipeline.settings import Settings
@@ -123,16 +125,19 @@ def balance_report(settings: Settings, engine: Engine) -> BalanceReport:
 
     with session_scope(engine) as s:
         counts = approved_counts(s)
+        if get_policy(s, default=settings.qc_default).enabled:  # QC on: only agreed or adjudicated items
+            counts = {k: n - held_approved_counts(s).get(k, 0) for k, n in counts.items()}
     return balance_from_counts(counts, target_per_class=settings.target_per_class)
 
 
-def approved_records(session: Session) -> tuple[list[SnapshotRecord], list[dict]]:
-    """Every approved item as a snapshot record, and the teacher drafts behind them."""
-    rows = session.exec(
-        select(Review, Image, Draft).join(Image, Image.id == Review.image_id)
-        .outerjoin(Draft, Draft.id == Review.draft_id)
-        .where(Review.state == ReviewState.approved).order_by(Review.image_id)
-    ).all()
+def approved_records(session: Session, *, held: set[int] | frozenset[int] = frozenset()
+                     ) -> tuple[list[SnapshotRecord], list[dict]]:
+    """Every approved item (but the `held` image ids) as a snapshot record, and the teacher drafts behind them."""
+    stmt = (select(Review, Image, Draft).join(Image, Image.id == Review.image_id)
+            .outerjoin(Draft, Draft.id == Review.draft_id).where(Review.state == ReviewState.approved))
+    if held:
+        stmt = stmt.where(Review.image_id.not_in(sorted(held)))
+    rows = session.exec(stmt.order_by(Review.image_id)).all()
     records, drafts = [], []
     for review, image, draft in rows:
         records.append(SnapshotRecord(
@@ -201,8 +206,11 @@ def export_snapshot(
     report = progress or (lambda done, total, message: None)
     report(0, 3, "reading approved pairs")
     with session_scope(engine) as s:
-        records, drafts = approved_records(s)
+        qc_on = get_policy(s, default=settings.qc_default).enabled
+        # QC on: an item routed to a second review goes in only once agreed or adjudicated
+        records, drafts = approved_records(s, held=held_image_ids(s) if qc_on else frozenset())
         weak = weak_records(s) if config.include_weak else []
+        qc = qc_summary(s) if qc_on else None
     if not records:
         raise ExportError("Nothing is approved yet: approve some captions before exporting.")
     balance = balance_from_counts(Counter(r.label for r in records), target_per_class=config.target_per_class)
@@ -213,6 +221,8 @@ def export_snapshot(
     chash = content_hash(records, weak)
     snapshot_id = new_snapshot_id(root, chash)
     provenance = export_provenance(config, records=records, drafts=drafts, balance=balance)
+    if qc is not None:
+        provenance["quality_control"] = qc
     report(1, 3, f"writing {len(records)} pairs")
     path = write_snapshot(records, root, snapshot_id=snapshot_id, val_fraction=val_fraction,
                           seed=seed, provenance=provenance, weak_records=weak)
@@ -233,6 +243,11 @@ def export_snapshot(
         counts_per_class=manifest["counts_per_class"], split_counts=manifest["split_counts"],
         balance=balance, n_weak=manifest.get("n_weak", 0),
     )
+
+
+def qc_summary(session: Session) -> dict:
+    """The reviewers' agreement figures, for the manifest and the snapshot's card."""
+    return {"second_opinions": state_counts(session), **figures(pairs_of(compared(session))).as_dict()}
 
 
 def export_provenance(config: ExportConfig, *, records: list[SnapshotRecord], drafts: list[dict],

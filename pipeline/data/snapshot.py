@@ -260,6 +260,11 @@ def list_snapshots(root: Path) -> list[dict]:
 def _default_card(manifest: dict) -> str:
     counts = "\n".join(f"| {k} | {v} |" for k, v in manifest["counts_per_class"].items())
     prov = json.dumps(manifest["provenance"], indent=2, ensure_ascii=False)
+    qc = manifest["provenance"].get("quality_control")
+    qc_line = "" if qc is None else (
+        f"- reviewer agreement (blind second review of {qc['n_items']} items): rate {_fmt(qc['agreement_rate'])}, "
+        f"Cohen's kappa {_fmt(qc['kappa'])}, mean caption similarity (ROUGE-L) {_fmt(qc['mean_similarity'])}; "
+        "only agreed or adjudicated items of those reviewed twice are included\n")
     return f"""---
 task_categories: [image-to-text]
 ---
@@ -272,7 +277,7 @@ teacher vision-language model and approved or edited by human reviewers.
 - unreviewed teacher drafts (split `weak`, not reviewed by anyone): {manifest.get('n_weak', 0)}
 - content hash (sha256 over images, labels and captions): `{manifest['content_hash']}`
 - created: {manifest['created_at']}
-
+{qc_line}
 Load with `datasets.load_dataset("imagefolder", data_dir="<this folder>")`.
 
 | class | items |
@@ -290,6 +295,10 @@ Load with `datasets.load_dataset("imagefolder", data_dir="<this folder>")`.
 CIFAR-10: Alex Krizhevsky, *Learning Multiple Layers of Features from Tiny Images*,
 Technical Report, University of Toronto, 2009.
 """
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from db.engine import session_scope
 from db.errors import StoreError
 from db.models import RejectReason, ReviewAction
+from db.qc import QcPolicy, get_policy, route_decision
 from db.review import QueueOrder, ReviewItem, claim_item, claim_next, decide, get_item, release_claims, undo_last
 from pipeline.classes import CLASSES
 from pipeline.data.images import upscale_png
@@ -52,6 +53,7 @@ class QueueSpec:
     label: str | None = None
     flag: str | None = None
     target_per_class: int = 10
+    qc_default: QcPolicy = QcPolicy()  # the settings' QC policy, in force until a curator sets one
 
     @property
     def targets(self) -> dict[str, int]:
@@ -107,6 +109,7 @@ def submit_decision(
         with session_scope(engine) as s:
             decide(s, image_id=image_id, reviewer=actor.name, action=action,
                    expected_version=expected_version, caption=caption, reason=reason, note=note)
+            route_decision(s, image_id=image_id, policy=get_policy(s, default=spec.qc_default))
             done = f"Item {image_id} {DONE_TEXT.get(action, action.value)}: saved."
             return _view(s, spec, _next(s, actor, spec), message=done)
     except StoreError as err:
@@ -123,6 +126,7 @@ def undo(engine: Engine, *, actor: Actor, spec: QueueSpec) -> ReviewView:
     try:
         with session_scope(engine) as s:
             review = undo_last(s, reviewer=actor.name)
+            route_decision(s, image_id=review.image_id, policy=get_policy(s, default=spec.qc_default))
             item = get_item(s, image_id=review.image_id)
             return _view(s, spec, item, message=f"Item {item.image_id}: last decision undone.")
     except StoreError as err:

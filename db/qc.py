@@ -176,7 +176,7 @@ def route_decided(session: Session, *, policy: QcPolicy, now: datetime | None = 
     return sum(route_decision(session, image_id=i, policy=policy, now=now) is not None for i in ids)
 
 
-def _free(now: datetime):  # noqa: ANN202
+def _free(now: datetime):
     return or_(SecondOpinion.claimed_by.is_(None), SecondOpinion.claim_expires_at <= now)
 
 

@@ -53,7 +53,7 @@ class AgreementFigures:
 
 
 @lru_cache(maxsize=1)
-def _scorer():  # noqa: ANN202 - a rouge_score RougeScorer, imported on first use (it pulls in nltk)
+def _scorer():
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # stateless: safe to share

@@ -49,7 +49,7 @@ def server(tmp_path):
         yield url, data
 
 
-def _signed_in(browser, url: str, name: str):  # noqa: ANN001, ANN202
+def _signed_in(browser, url: str, name: str):
     """A fresh browser context (its own cookies and session) signed in as `name`."""
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.goto(url)

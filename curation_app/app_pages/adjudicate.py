@@ -16,7 +16,7 @@ actor = current_actor()
 st.title("Adjudicate")
 
 
-def _act(call, **kwargs) -> None:  # noqa: ANN001
+def _act(call, **kwargs) -> None:
     """Button callback: run one service call as the signed-in curator, keep its (ok, message)."""
     try:
         st.session_state["adjudicate_result"] = call(engine, actor=actor, **kwargs)

@@ -281,3 +281,30 @@ def test_stats_cli_prints_the_page_numbers_as_json(settings, engine, monkeypatch
     bob = next(r for r in out["per_reviewer"] if r["reviewer"] == "bob")
     assert (bob["decisions"], bob["reject_share"], bob["top_reject_reasons"], bob["agreement_rate"]) == (
         1, 1.0, "too_vague (1)", 0.0)
+
+
+def test_a_qc_export_trains_a_student(settings, engine, tiny_phi3, tmp_path):
+    """The last step of the QC loop: an export made of agreed and adjudicated items trains a student."""
+    from pipeline.student.config import StudentConfig, TrainConfig
+    from pipeline.student.train import train
+    from tests.conftest_student import TINY_STUDENT
+
+    ids = seed_images(engine, {"cat": 1, "dog": 1})
+    with session_scope(engine) as s:
+        qc.set_policy(s, policy=ALL, curator="cur")
+    for i in ids:
+        _first(engine, i, "ann")
+    _second(engine, "bob", Verdict.edit, caption="A tabby cat asleep.")
+    _second(engine, "bob", Verdict.approve)
+    with session_scope(engine) as s:
+        [opinion] = qc.disputed(s)
+        qc.adjudicate(s, opinion_id=opinion.id, curator="cur", choice=Adjudication.second,
+                      expected_version=opinion.version)
+    snap = export_snapshot(settings, engine, override_balance=True, val_fraction=0.0)
+    assert {r.text for r in _records(snap.path)} == {"A tabby cat asleep.", "A dog photo 0."}
+    out = tmp_path / "student"
+    metrics = train(snapshot_dir=snap.path, out_dir=out, device="cpu", show_progress=False,
+                    student_config=StudentConfig(base_model=str(tiny_phi3), **TINY_STUDENT),
+                    train_config=TrainConfig(max_steps=2, batch_size=2, checkpoint_every=0, seed=0))
+    assert json.loads((out / "snapshot.json").read_text())["content_hash"] == snap.content_hash
+    assert (metrics["status"], metrics["optimizer_steps"], metrics["n_train"]) == ("completed", 2, 2)

@@ -115,14 +115,28 @@ def _record_key(r: SnapshotRecord) -> str:
 
 
 def new_snapshot_id(root: Path, chash: str) -> str:
-    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
+    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists.
+
+    The id is reserved by creating its (empty) folder with an atomic mkdir, so concurrent exports in
+    the same second never pick the same id; write_snapshot's rename replaces the empty folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = f"snap-{stamp}-{chash[:8]}"
     candidate, n = base, 1
-    while (Path(root) / candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    while True:
+        try:
+            (root / candidate).mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{base}-{n}"
+
+
+def _is_reservation(folder: Path) -> bool:
+    """An empty folder: an id reserved by new_snapshot_id, not yet a snapshot."""
+    return folder.is_dir() and not any(folder.iterdir())
 
 
 def write_snapshot(
@@ -151,7 +165,7 @@ def write_snapshot(
     if snapshot_id is None:
         snapshot_id = new_snapshot_id(root, chash)
     final = root / snapshot_id
-    if final.exists():
+    if final.exists() and not _is_reservation(final):
         raise SnapshotExistsError(f"snapshot {snapshot_id} already exists at {final}")
     splits = assign_splits(records, val_fraction=val_fraction, seed=seed)
     splits |= {_record_key(r): WEAK_SPLIT for r in weak_records}
@@ -174,10 +188,12 @@ def write_snapshot(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         (tmp / "README.md").write_text(card_text or _default_card(manifest))
         _fsync_tree(tmp)
-        os.rename(tmp, final)  # atomic on one filesystem; refuses a non-empty target
+        os.rename(tmp, final)  # atomic on one filesystem; replaces only an empty (reserved) target
         _fsync_dir(root)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_reservation(final):
+            final.rmdir()  # give the reserved id back
         raise
     _make_read_only(final)
     return final

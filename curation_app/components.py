@@ -3,7 +3,7 @@
 Captions are user and model text: they are only ever shown through st.text, st.code,
 st.text_area or st.dataframe (displayed literally), never through Markdown or HTML. Where such text
 goes into a Markdown context (messages, captions, labels), `md_escape` turns it into literal text;
-the guidelines (meant to be formatted) go through `safe_guidelines_html`: no images, links or raw HTML.
+the guidelines (meant to be formatted) go through `safe_guidelines`: no links, images or raw HTML.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import streamlit as st
 from db.models import RejectReason
 from pipeline.identity import Actor, PermissionDenied, Role
 from pipeline.markup import md_escape as md_escape  # the one escape the pages use
-from pipeline.markup import safe_guidelines_html
+from pipeline.markup import safe_guidelines
 from pipeline.services.guidelines import read_guidelines, write_guidelines
 from pipeline.services.health import StoreDamage
 from pipeline.services.overview import Progress
@@ -59,7 +59,7 @@ def guidelines_panel(settings: Settings, actor: Actor) -> None:
     """The reviewing guidelines (editable by curators, saved to the guidelines file) and the reject reasons."""
     with st.expander("Guidelines and reject reasons", icon=":material/menu_book:"):
         text = read_guidelines(settings)
-        st.html(safe_guidelines_html(text))  # formatted, but no images, links or raw HTML
+        st.markdown(safe_guidelines(text))  # formatted, but no links, images or raw HTML
         st.markdown("**Reject reasons**")
         for reason in RejectReason:
             st.text(f"• {REJECT_REASON_TEXT[reason]}")

@@ -115,10 +115,10 @@ def _record_key(r: SnapshotRecord) -> str:
 
 
 def new_snapshot_id(root: Path, chash: str) -> str:
-    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists.
+    """`snap-<UTC time>-<hash prefix>`, with a suffix when that id is taken.
 
-    The id is reserved by creating its (empty) folder with an atomic mkdir, so concurrent exports in
-    the same second never pick the same id; write_snapshot's rename replaces the empty folder.
+    The id is reserved with an atomic mkdir of a hidden `.<id>.id` folder, so concurrent exports
+    in the same second never pick the same id; write_snapshot removes the reservation.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -127,16 +127,19 @@ def new_snapshot_id(root: Path, chash: str) -> str:
     candidate, n = base, 1
     while True:
         try:
-            (root / candidate).mkdir()
-            return candidate
+            _reservation(root, candidate).mkdir()
         except FileExistsError:
-            n += 1
-            candidate = f"{base}-{n}"
+            pass
+        else:
+            if not (root / candidate).exists():
+                return candidate
+            _reservation(root, candidate).rmdir()  # a finished snapshot already has this id
+        n += 1
+        candidate = f"{base}-{n}"
 
 
-def _is_reservation(folder: Path) -> bool:
-    """An empty folder: an id reserved by new_snapshot_id, not yet a snapshot."""
-    return folder.is_dir() and not any(folder.iterdir())
+def _reservation(root: Path, snapshot_id: str) -> Path:
+    return Path(root) / f".{snapshot_id}.id"
 
 
 def write_snapshot(
@@ -165,7 +168,7 @@ def write_snapshot(
     if snapshot_id is None:
         snapshot_id = new_snapshot_id(root, chash)
     final = root / snapshot_id
-    if final.exists() and not _is_reservation(final):
+    if final.exists():
         raise SnapshotExistsError(f"snapshot {snapshot_id} already exists at {final}")
     splits = assign_splits(records, val_fraction=val_fraction, seed=seed)
     splits |= {_record_key(r): WEAK_SPLIT for r in weak_records}
@@ -188,13 +191,13 @@ def write_snapshot(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         (tmp / "README.md").write_text(card_text or _default_card(manifest))
         _fsync_tree(tmp)
-        os.rename(tmp, final)  # atomic on one filesystem; replaces only an empty (reserved) target
+        os.rename(tmp, final)  # atomic on one filesystem; refuses a non-empty target
         _fsync_dir(root)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_reservation(final):
-            final.rmdir()  # give the reserved id back
         raise
+    finally:
+        shutil.rmtree(_reservation(root, snapshot_id), ignore_errors=True)  # the id is taken, or given back
     _make_read_only(final)
     return final
 

@@ -12,12 +12,16 @@ import re
 # <autolink>; '@' e-mail autolinks; '$' math; the rest is emphasis and code (shown literally)
 _SPECIAL = re.compile(r"([\\`*_~\[\]<>$@])")
 _LINK_ONLY = re.compile(r"([\\\[\]<>@])")
-# GFM links bare URLs (http://..., www....): a backslash before the ':' or the '.' prevents that
-_AUTOLINK = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{1,31})(:)(?=//)|\b(www)(\.)")
+WORD_JOINER = "\u2060"
+"""An invisible character. Streamlit links bare URLs and e-mail addresses *after* parsing (on the
+text itself, so a backslash does not stop it): one of these between 'http' and '://', 'www' and '.',
+or before '@' breaks the pattern while the text looks the same."""
+_WWW = re.compile(r"(?i)\b(www)\.")
 
 
 def _break_autolinks(text: str) -> str:
-    return _AUTOLINK.sub(lambda m: f"{m.group(1)}\\:" if m.group(1) else f"{m.group(3)}\\.", text)
+    text = text.replace("://", WORD_JOINER + "://").replace("\\@", WORD_JOINER + "\\@")
+    return _WWW.sub(lambda m: m.group(1) + WORD_JOINER + ".", text)
 
 
 def md_escape(text: object) -> str:

@@ -18,6 +18,7 @@ from pipeline.data.export import export_snapshot
 from pipeline.data.sources import ImportSource, import_images
 from pipeline.identity import Actor, Role
 from pipeline.jobs import HOST
+from pipeline.markup import WORD_JOINER
 from pipeline.services.guidelines import write_guidelines
 from pipeline.services.review import QueueSpec, open_review, submit_decision
 from pipeline.settings import Settings
@@ -99,8 +100,10 @@ def test_no_page_turns_hostile_text_into_links_or_images(server):
                 settle(page)
             page.screenshot(path=str(OUT / f"{path or 'home'}.png"), full_page=True)
             bad = page.locator(BAD)
-            assert bad.count() == 0, (path, [bad.nth(i).evaluate("e => e.outerHTML") for i in range(bad.count())])
+            assert bad.count() == 0, (path, "\n".join(bad.nth(i).evaluate("e => e.parentElement.outerHTML")
+                                                      for i in range(bad.count())))
             if shown:
-                assert shown in page.locator("body").inner_text(), (path, page.locator("body").inner_text()[:3000])
+                text = page.locator("body").inner_text().replace(WORD_JOINER, "")  # invisible: see pipeline/markup.py
+                assert shown in text, (path, text[:3000])
         browser.close()
     assert fetched == []

@@ -39,6 +39,7 @@ from pipeline.data.images import decode_png
 from pipeline.data.sources import ImportSource, import_images
 from pipeline.identity import Actor, PermissionDenied, Role
 from pipeline.jobs import HOST
+from pipeline.markup import WORD_JOINER
 from pipeline.services.guidelines import read_guidelines, write_guidelines
 from pipeline.services.jobs import start_caption_job
 from pipeline.services.playground import open_playground
@@ -265,7 +266,8 @@ def _markdown_of(at) -> list[str]:
     return out
 
 
-LIVE = re.compile(r"(?<!\\)[\[<]|https?://|(?<!\\)@")  # an unescaped '[', '<' or '@', a bare URL
+# an unescaped '[' or '<', a bare URL or e-mail address (no invisible word joiner before '://' or '@')
+LIVE = re.compile(r"(?<!\\)[\[<]|https?://|\bwww\.|[^\u2060]\\?@")
 
 
 def _no_live_markup(texts: list[str]) -> None:
@@ -301,6 +303,7 @@ def test_hostile_names_reach_the_pages_only_escaped(world, monkeypatch, page):
     texts = _markdown_of(at)
     _no_live_markup(texts)
     shown = " ".join(texts)
-    expected = {"export": r"\[ann\](http\://evil.example/u)", "lineage": r"\[ann\](http\://evil.example/u)",
-                "jobs": r"\<http\://evil.example/auto\>", "review": r"Class: \[c\](evil.example)"}[page]
+    ann = r"\[ann\](http" + WORD_JOINER + "://evil.example/u)"
+    expected = {"export": ann, "lineage": ann, "jobs": r"\<http" + WORD_JOINER + r"://evil.example/auto\>",
+                "review": r"Class: \[c\](evil.example)"}[page]
     assert expected in shown, shown

@@ -111,7 +111,7 @@ left, right = st.columns([2, 3])
 with left:
     pixel_image(item.png)
 with right:
-    st.subheader(md_escape(f"Class: {item.label}"))
+    st.subheader(md_escape(f"Class: {item.label}"), anchor=False)  # no anchor link made of the label
     st.caption(f"Item {item.image_id} · {item.state.value} · version {item.version}")
     flag_badges(item.flags)
     caption = st.text_area("Caption (the teacher's draft; edit it, then Ctrl+Enter)", value=base,

@@ -53,9 +53,12 @@ if actor is not None and actor.can(Role.curator) and not st.session_state.get("s
     st.session_state["startup_notes_shown"] = True
     for note in get_startup_notes():
         st.toast(note, icon=":material/inventory_2:")
+body = st.empty()  # a page that fails on a damaged store is replaced by the damage page
 try:
-    page.run()
+    with body.container():
+        page.run()
 except DatabaseError:
     if damage := store_damage(settings):  # a failed query: is the file itself damaged?
+        body.empty()
         damage_page(damage)
     raise

@@ -96,3 +96,15 @@ def test_a_healthy_store_shows_no_damage_page(healthy, monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert "The store is damaged" not in [t.value for t in at.title]
+
+
+def test_a_store_damaged_while_the_app_runs_shows_the_damage_page_on_the_failing_query(healthy, monkeypatch):
+    at = app_for(healthy.data_dir, monkeypatch)
+    at.run()  # the start-up check passed: Home renders (the images' pages are not read yet)
+    assert not at.exception and "The store is damaged" not in [t.value for t in at.title]
+    with open(db_file(healthy), "r+b") as f:  # every page after the header: nothing is readable any more
+        f.seek(4096)
+        f.write(os.urandom(db_file(healthy).stat().st_size - 4096))
+    at.switch_page("app_pages/browse.py").run()
+    assert [t.value for t in at.title] == ["The store is damaged"], [e.value for e in at.exception]
+    assert not at.exception

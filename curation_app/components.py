@@ -1,7 +1,9 @@
 """Widgets shared by the pages: pixel-crisp image, word diff, flags, progress, guidelines.
 
 Captions are user and model text: they are only ever shown through st.text, st.code,
-st.text_area or st.dataframe (displayed literally), never through Markdown or HTML.
+st.text_area or st.dataframe (displayed literally), never through Markdown or HTML. Where such text
+goes into a Markdown context (messages, captions, labels), `md_escape` turns it into literal text;
+the guidelines (meant to be formatted) go through `safe_guidelines`: no links, images or raw HTML.
 """
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import streamlit as st
 
 from db.models import RejectReason
 from pipeline.identity import Actor, PermissionDenied, Role
+from pipeline.markup import md_escape as md_escape  # the one escape the pages use
+from pipeline.markup import safe_guidelines
 from pipeline.services.guidelines import read_guidelines, write_guidelines
+from pipeline.services.health import StoreDamage
 from pipeline.services.overview import Progress
 from pipeline.services.review import REJECT_REASON_TEXT, DiffOp, flag_choices, upscale_png, word_diff
 from pipeline.settings import Settings
@@ -19,7 +24,7 @@ _DIFF_MARK = {DiffOp.equal: "  ", DiffOp.removed: "- ", DiffOp.added: "+ "}
 
 def pixel_image(png: bytes, *, size: int = 320, caption: str | None = None) -> None:
     """The image enlarged with nearest-neighbour so its 32×32 pixels stay sharp."""
-    st.image(upscale_png(png, size=size), width=size, caption=caption)
+    st.image(upscale_png(png, size=size), width=size, caption=md_escape(caption) if caption else None)
 
 
 def diff_view(before: str, after: str) -> None:
@@ -34,7 +39,7 @@ def flag_badges(flags: tuple[str, ...] | list[str]) -> None:
         st.badge("No auto-flags", color="green", icon=":material/check:")
         return
     for f in flags:
-        st.badge(labels.get(f, f), color="orange", icon=":material/flag:")
+        st.badge(md_escape(labels.get(f, f)), color="orange", icon=":material/flag:")
 
 
 def progress_panel(progress: Progress, *, per_class: bool = True) -> None:
@@ -54,7 +59,7 @@ def guidelines_panel(settings: Settings, actor: Actor) -> None:
     """The reviewing guidelines (editable by curators, saved to the guidelines file) and the reject reasons."""
     with st.expander("Guidelines and reject reasons", icon=":material/menu_book:"):
         text = read_guidelines(settings)
-        st.markdown(text)  # the team's own guidelines: trusted Markdown, never a caption
+        st.markdown(safe_guidelines(text))  # formatted, but no links, images or raw HTML
         st.markdown("**Reject reasons**")
         for reason in RejectReason:
             st.text(f"• {REJECT_REASON_TEXT[reason]}")
@@ -64,10 +69,25 @@ def guidelines_panel(settings: Settings, actor: Actor) -> None:
             new = st.text_area("Guidelines (Markdown)", value=text, height=240, key="guidelines_text")
             if st.button("Save guidelines", key="guidelines_save"):
                 try:
-                    st.success(f"Saved to {write_guidelines(settings, actor=actor, text=new)}")
+                    st.success(md_escape(f"Saved to {write_guidelines(settings, actor=actor, text=new)}"))
                 except PermissionDenied as err:
-                    st.error(str(err))
+                    st.error(md_escape(str(err)))
 
 
 def reason_label(reason: RejectReason) -> str:
     return REJECT_REASON_TEXT[reason].split(":", 1)[0]
+
+
+def damage_page(damage: StoreDamage) -> None:
+    """The one page a damaged store gets: what is wrong, the last good backup, what to do; then stop."""
+    st.title("The store is damaged")
+    st.error("The studio's database failed its integrity check, so no page is shown: "
+             "decisions made now could be lost.", icon=":material/report:")
+    st.subheader("What is wrong")
+    st.code(f"{damage.store}\n{damage.problem}", language=None, wrap_lines=True)
+    st.subheader("Last good backup")
+    st.text(str(damage.backup) if damage.backup else "None found.")
+    st.subheader("What to do")
+    for n, step in enumerate(damage.steps, start=1):
+        st.text(f"{n}. {step}")
+    st.stop()

@@ -7,6 +7,7 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from pipeline.identity import Actor, AuthMode
+from pipeline.markup import md_escape
 from pipeline.services import auth
 from pipeline.settings import Settings
 
@@ -73,7 +74,7 @@ def sign_in_page(settings: Settings, engine: Engine) -> None:
                 if result.ok:
                     st.session_state[SESSION_KEY] = (result.name, result.signed_in_at)
                     st.rerun()
-                st.error(result.message)
+                st.error(md_escape(result.message))
         return
     if st.user.is_logged_in:  # signed in at the provider, but refused here (disabled)
         st.button("Sign out", on_click=st.logout, key="oidc_sign_out")
@@ -93,7 +94,7 @@ def _providers() -> list[str | None]:
 def no_role_page() -> None:
     actor = current_actor()
     st.title("Caption studio")
-    st.info(f"You are signed in as {actor.name}, but have no role yet: ask an admin to grant you one.")
+    st.info(md_escape(f"You are signed in as {actor.name}, but have no role yet: ask an admin to grant you one."))
 
 
 def identity_sidebar(settings: Settings, actor: Actor | None) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from functools import partial
 
 import streamlit as st
+from sqlalchemy.exc import DatabaseError
 
-from curation_app.resources import get_engine, get_settings
+from curation_app.components import damage_page
+from curation_app.resources import get_engine, get_settings, get_startup_notes, get_store_damage
 from curation_app.signin import auth_secrets, identity_sidebar, no_role_page, resolve_actor, sign_in_page
 from pipeline.identity import Role
 from pipeline.services.auth import startup_problem
+from pipeline.services.health import store_damage
 
 PAGES = [
     (Role.viewer, st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)),
@@ -36,6 +39,8 @@ settings = get_settings()
 if problem := startup_problem(settings, address=st.get_option("server.address"), auth_secrets=auth_secrets()):
     st.error(problem)
     st.stop()
+if damage := get_store_damage():
+    damage_page(damage)  # one clear page instead of pages that render as if all were well
 engine = get_engine()
 actor = resolve_actor(settings, engine)
 if actor is None:
@@ -47,4 +52,16 @@ else:
     pages = [page for needed, page in PAGES if actor.can(needed)]
 page = st.navigation(pages)
 identity_sidebar(settings, actor)
-page.run()
+if actor is not None and actor.can(Role.curator) and not st.session_state.get("startup_notes_shown"):
+    st.session_state["startup_notes_shown"] = True
+    for note in get_startup_notes():
+        st.toast(note, icon=":material/inventory_2:")
+body = st.empty()  # a page that fails on a damaged store is replaced by the damage page
+try:
+    with body.container():
+        page.run()
+except DatabaseError:
+    if damage := store_damage(settings):  # a failed query: is the file itself damaged?
+        body.empty()
+        damage_page(damage)
+    raise

@@ -86,6 +86,7 @@ class JobStatus(str, enum.Enum):
     done = "done"
     failed = "failed"
     cancelled = "cancelled"
+    interrupted = "interrupted"  # its process died (no heartbeat, or its pid is gone): resumable
 
 
 class Image(SQLModel, table=True):
@@ -166,6 +167,8 @@ class Job(SQLModel, table=True):
     log_path: str | None = None
     result: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     pid: int | None = None
+    host: str | None = None  # the machine the worker process runs on (its pid means something there)
+    heartbeat_at: datetime | None = None  # the worker writes it every few seconds while it lives
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -6,18 +6,28 @@ that process is a thin driver and the work runs on Ray (`job_command`): captioni
 compare and evaluate as one Ray task each, training under torchrun with `train_nproc` processes.
 The command wraps its work in `JobReporter(settings, job_id)`, which writes progress, honours
 cancel requests, and records how the job ended. A browser refresh loses nothing: everything lives in the row.
+While it runs, a thread of the worker stamps the row's heartbeat every `job_heartbeat_s`;
+`reap_dead_jobs(settings, engine)` marks a job whose process died (kill -9, a crash, a lost
+machine) as interrupted, so its student folder is free again and it can be resumed or cancelled.
 """
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
 from db.engine import make_engine, session_scope
-from db.jobs import cancel_requested, create_job, finish_job, mark_job_running, update_progress
+from db.jobs import beat, cancel_requested, create_job, finish_job, mark_job_running, update_progress
+from db.jobs import reap_dead_jobs as _reap
 from db.models import JobKind, JobStatus
 from pipeline.settings import JobBackend, Settings
 
@@ -69,9 +79,20 @@ def start_job(settings: Settings, *, kind: JobKind, argv: list[str], params: dic
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     with session_scope(engine) as s:
-        mark_job_running(s, job_id=job_id, pid=proc.pid)
+        mark_job_running(s, job_id=job_id, pid=proc.pid, host=HOST)
     engine.dispose()
     return job_id
+
+
+HOST = socket.gethostname()
+
+
+def reap_dead_jobs(engine: Engine, *, settings: Settings | None = None) -> list[int]:
+    """Mark running jobs whose process died as interrupted (see db.jobs.reap_dead_jobs); their ids.
+    Without `settings`, the default staleness (Settings.job_stale_after_s) applies."""
+    stale_s = settings.job_stale_after_s if settings else Settings.model_fields["job_stale_after_s"].default
+    with session_scope(engine) as s:
+        return [j.id for j in _reap(s, stale_after=timedelta(seconds=stale_s), host=HOST, alive=process_alive)]
 
 
 class JobReporter:
@@ -84,15 +105,30 @@ class JobReporter:
     def __init__(self, settings: Settings, job_id: int | None, *, min_interval_s: float = 0.5):
         self.job_id = job_id
         self.min_interval_s = min_interval_s
+        self.heartbeat_s = settings.job_heartbeat_s
         self._last = 0.0
         self._engine = make_engine(settings.resolved_database_url) if job_id is not None else None
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
         self.result: dict = {}
 
     def __enter__(self) -> JobReporter:
         if self._engine is not None:
             with session_scope(self._engine) as s:
-                mark_job_running(s, job_id=self.job_id, pid=os.getpid())
+                mark_job_running(s, job_id=self.job_id, pid=os.getpid(), host=HOST)
+            self._beating = threading.Thread(target=self._heartbeat, name=f"job-{self.job_id}-heartbeat",
+                                             daemon=True)
+            self._beating.start()
         return self
+
+    def _heartbeat(self) -> None:
+        """Stamp the row every heartbeat_s until the job ends (a busy store only delays a beat)."""
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                with session_scope(self._engine) as s:
+                    beat(s, job_id=self.job_id)
+            except SQLAlchemyError:
+                continue
 
     def progress(self, done: int, total: int | None = None, message: str | None = None, *,
                  force: bool = False, result: dict | None = None, raise_on_cancel: bool = True) -> None:
@@ -119,6 +155,9 @@ class JobReporter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._engine is None:
             return False
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join()
         if exc_type is None:
             status, error = JobStatus.done, None
         elif issubclass(exc_type, JobCancelled) or (exc_type is KeyboardInterrupt):

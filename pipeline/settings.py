@@ -62,6 +62,13 @@ class Settings(StoreSettings):
     """GPUs per Ray teacher worker and per Ray compare/evaluate task."""
     train_nproc: int = 1
     """Data-parallel training processes (torchrun) of a train job under the ray backend."""
+    job_heartbeat_s: float = 10.0
+    """How often a running job's process stamps its heartbeat in the store."""
+    job_stale_after_s: float = 60.0
+    """A running job on another machine with no heartbeat for this long is shown as interrupted
+    (on this machine a job is interrupted as soon as its process is gone)."""
+    import_dir: Path | None = None
+    """The only folder the app (Jobs page) imports images from; unset: <data_dir>/imports."""
     qc_enabled: bool = False
     """Blind second review on (until a curator sets the policy on the Adjudicate page)."""
     qc_sample_fraction: float = 0.2
@@ -86,6 +93,14 @@ class Settings(StoreSettings):
     @property
     def jobs_dir(self) -> Path:
         return Path(self.data_dir) / "jobs"
+
+    @property
+    def backups_dir(self) -> Path:
+        return Path(self.data_dir) / "backups"
+
+    @property
+    def import_root(self) -> Path:
+        return Path(self.import_dir) if self.import_dir else Path(self.data_dir) / "imports"
 
     @property
     def models_dir(self) -> Path:

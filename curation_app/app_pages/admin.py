@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from curation_app.components import md_escape
 from curation_app.resources import get_engine
 from curation_app.signin import current_actor
 from db.errors import StoreError
@@ -16,7 +17,7 @@ st.title("Users")
 
 if "admin_message" in st.session_state:
     ok, message = st.session_state.pop("admin_message")
-    (st.success if ok else st.error)(message)
+    (st.success if ok else st.error)(md_escape(message))
 
 
 def _do(call, **kwargs) -> None:
@@ -29,7 +30,7 @@ def _do(call, **kwargs) -> None:
 try:
     users = auth.users_view(engine, actor=actor)
 except PermissionDenied as err:
-    st.error(str(err))
+    st.error(md_escape(str(err)))
     st.stop()
 st.dataframe(users, hide_index=True, key="admin_users")
 

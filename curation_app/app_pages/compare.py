@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from curation_app.components import md_escape
 from curation_app.resources import get_engine, get_settings
 from curation_app.signin import current_actor
 from pipeline.identity import PermissionDenied
@@ -17,7 +18,7 @@ st.title("Batch compare")
 
 if "compare_message" in st.session_state:
     ok, message = st.session_state.pop("compare_message")
-    (st.success if ok else st.error)(message)
+    (st.success if ok else st.error)(md_escape(message))
 
 view = compare_view(settings, engine)
 if not view.students:
@@ -48,10 +49,10 @@ def live_jobs() -> None:
     jobs = compare_view(settings, engine).jobs
     active = jobs[jobs.status.isin(["queued", "running"])]
     for job in active.itertuples():
-        st.progress(min(job.done / job.total, 1.0) if job.total else 0.0,
-                    text=f"Compare job {job.id}: {job.done}/{job.total or '?'} · {job.message or job.status}")
+        text = f"Compare job {job.id}: {job.done}/{job.total or '?'} · {job.message or job.status}"
+        st.progress(min(job.done / job.total, 1.0) if job.total else 0.0, text=md_escape(text))
     for job in jobs[jobs.status == "failed"].head(1).itertuples():
-        st.error(f"Compare job {job.id} failed: {job.error}")
+        st.error(md_escape(f"Compare job {job.id} failed: {job.error}"))
     if st.session_state.get("cmp_active") and active.empty:
         st.session_state["cmp_active"] = False
         st.rerun(scope="app")  # a job just finished: show its results

@@ -5,6 +5,7 @@ from functools import partial
 
 import streamlit as st
 
+from curation_app.components import md_escape
 from curation_app.resources import get_engine, get_settings
 from curation_app.signin import current_actor
 from pipeline.identity import PermissionDenied
@@ -15,7 +16,7 @@ st.title("Export")
 
 if "export_result" in st.session_state:
     ok, message = st.session_state.pop("export_result")
-    (st.success if ok else st.error)(message)
+    (st.success if ok else st.error)(md_escape(message))
 
 view = export_view(settings, engine)
 st.subheader("Balance check")
@@ -46,9 +47,9 @@ if not view.snapshots:
 for snap in view.snapshots:
     with st.container(border=True):
         c1, c2 = st.columns([3, 1])
-        c1.markdown(f"**`{snap.snapshot_id}`** · {snap.n_items} pairs · {snap.created_at[:19]}")
-        c1.caption(f"hash {snap.content_hash[:16]} · reviewers: {', '.join(snap.reviewers) or '—'} · "
-                   f"students trained on it: {snap.n_students}")
+        c1.markdown(f"**{md_escape(snap.snapshot_id)}** · {snap.n_items} pairs · {md_escape(snap.created_at[:19])}")
+        c1.caption(md_escape(f"hash {snap.content_hash[:16]} · reviewers: {', '.join(snap.reviewers) or '—'} · "
+                             f"exported by: {snap.exported_by or '—'} · students trained on it: {snap.n_students}"))
         c1.text(" ".join(f"{k}:{v}" for k, v in sorted(snap.counts_per_class.items())))
         c2.download_button(
             "Download zip", data=partial(zip_snapshot, snap.path), file_name=f"{snap.snapshot_id}.zip",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from curation_app.components import progress_panel
+from curation_app.components import md_escape, progress_panel
 from curation_app.resources import get_engine, get_settings
 from pipeline.services.overview import overview_view
 
@@ -12,7 +12,7 @@ overview = overview_view(get_engine(), target_per_class=settings.target_per_clas
 
 st.title("Caption studio")
 st.caption("Teacher drafts → human review → immutable snapshots → student training.")
-st.info(overview.next_step, icon=":material/arrow_forward:")
+st.info(md_escape(overview.next_step), icon=":material/arrow_forward:")
 
 cols = st.columns(6)
 cols[0].metric("Images", overview.n_images)
@@ -22,4 +22,4 @@ for col, (state, n) in zip(cols[2:], overview.states.items()):
 
 st.subheader("Progress toward the target")
 progress_panel(overview.progress)
-st.caption(f"Store: {settings.display_database_url} · data folder: {settings.data_dir}")
+st.caption(md_escape(f"Store: {settings.display_database_url} · data folder: {settings.data_dir}"))

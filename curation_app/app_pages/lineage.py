@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from curation_app.components import md_escape
 from curation_app.resources import get_engine, get_settings
 from curation_app.signin import current_actor
 from pipeline.identity import PermissionDenied, Role
@@ -14,7 +15,7 @@ st.title("Lineage")
 
 if "lineage_message" in st.session_state:
     ok, message = st.session_state.pop("lineage_message")
-    (st.success if ok else st.error)(message)
+    (st.success if ok else st.error)(md_escape(message))
 
 
 def _delete(snapshot_id: str) -> None:
@@ -36,10 +37,10 @@ if not view.snapshots:
     st.info("No snapshots yet: export one on the Export page.")
 for snap in view.snapshots:
     with st.container(border=True):
-        st.markdown(f"**`{snap.snapshot_id}`** · {snap.n_items} items · {snap.created_at}")
-        st.caption(f"reviewers: {', '.join(snap.reviewers) or '—'} · "
-                   f"students trained on it: {', '.join(snap.students) or 'none'}")
-        with st.expander(f"Reviewed items in {snap.snapshot_id}"):
+        st.markdown(f"**{md_escape(snap.snapshot_id)}** · {snap.n_items} items · {md_escape(snap.created_at)}")
+        st.caption(md_escape(f"reviewers: {', '.join(snap.reviewers) or '—'} · "
+                             f"students trained on it: {', '.join(snap.students) or 'none'}"))
+        with st.expander(f"Reviewed items in {md_escape(snap.snapshot_id)}"):
             st.dataframe(snap.items, hide_index=True)
         if actor.can(Role.admin):  # the service refuses everyone else too
             st.button("Delete snapshot", key=f"del-{snap.snapshot_id}", on_click=_delete, args=(snap.snapshot_id,),

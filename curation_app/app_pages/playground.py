@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from curation_app.components import diff_view, pixel_image
+from curation_app.components import diff_view, md_escape, pixel_image
 from curation_app.resources import get_engine, get_settings
 from pipeline.services.playground import (
     ModelUnavailable,
@@ -47,13 +47,13 @@ def run_one(kind: str, image, load, stream_for) -> dict:
     try:
         model = load()
     except ModelUnavailable as err:
-        st.error(str(err))
+        st.error(md_escape(str(err)))
         return {"error": str(err)}
     stream = stream_for(model)
     try:
         st.write_stream(literal(stream))
     except (RuntimeError, ValueError) as err:  # e.g. out of memory: a message, not a traceback
-        st.error(f"The {kind} failed while generating: {err}")
+        st.error(md_escape(f"The {kind} failed while generating: {err}"))
         return {"error": f"The {kind} failed while generating: {err}"}
     t = stream.timings
     return {"text": stream.text, "ttft": t.ttft_s, "tps": t.tokens_per_s, "total": t.total_s,
@@ -64,7 +64,7 @@ def show(kind: str, outcome: dict | None) -> None:
     if not outcome:
         st.caption("Not run.")
     elif "error" in outcome:
-        st.error(outcome["error"])
+        st.error(md_escape(outcome["error"]))
     else:
         st.text(outcome["text"] or "(empty caption)")
         ttft = f"{outcome['ttft']:.2f} s" if outcome["ttft"] is not None else "—"
@@ -92,7 +92,7 @@ if source == "Example":
                 st.button(ex.label, key=f"ex-{ex.key}", on_click=pick_example, args=(ex.key,),
                           type="primary" if ex.key == example else "secondary")
 if view.error:
-    st.error(view.error)
+    st.error(md_escape(view.error))
     st.stop()
 if view.input is None:
     st.info("Upload an image, or switch to the bundled examples.")
@@ -112,7 +112,7 @@ with c3:
     else:
         st.caption("The teacher's 512-px tile appears here once the teacher has run.")
 if inp.match:
-    st.info(f"In the store as item {inp.match.image_id} ({inp.match.label}, {inp.match.state.value}).")
+    st.info(md_escape(f"In the store as item {inp.match.image_id} ({inp.match.label}, {inp.match.state.value})."))
 
 with st.form("pg_form"):
     m1, m2 = st.columns(2)
@@ -159,7 +159,7 @@ for col, kind in zip(cols, ("teacher", "student")):
 with cols[2]:
     if inp.match and inp.match.approved_caption:
         st.text(inp.match.approved_caption)
-        st.caption(f"approved by {inp.match.reviewer or '?'} · item {inp.match.image_id}")
+        st.caption(md_escape(f"approved by {inp.match.reviewer or '?'} · item {inp.match.image_id}"))
     else:
         st.caption("Not approved in the store." if inp.match else "This image is not in the store.")
 

@@ -8,6 +8,7 @@ from curation_app.components import (
     diff_view,
     flag_badges,
     guidelines_panel,
+    md_escape,
     pixel_image,
     progress_panel,
     reason_label,
@@ -81,7 +82,7 @@ if view is None:
         view = studio.open_review(engine, actor=actor, spec=spec, image_id=wanted or current,
                                   fresh=fresh and not wanted)
     except PermissionDenied as err:
-        st.error(str(err))
+        st.error(md_escape(str(err)))
         st.stop()
 st.session_state["queue_spec"] = spec
 
@@ -89,9 +90,9 @@ progress_panel(view.progress, per_class=False)
 with st.sidebar.expander("Progress per class"):
     progress_panel(view.progress)
 if view.message:
-    (st.success if view.ok else st.error)(view.message)
+    (st.success if view.ok else st.error)(md_escape(view.message))
 if flash := st.session_state.pop("flash", None):
-    st.warning(flash)
+    st.warning(md_escape(flash))
 
 item = view.item
 if item is None:
@@ -110,7 +111,7 @@ left, right = st.columns([2, 3])
 with left:
     pixel_image(item.png)
 with right:
-    st.subheader(f"Class: {item.label}")
+    st.subheader(md_escape(f"Class: {item.label}"), anchor=False)  # no anchor link made of the label
     st.caption(f"Item {item.image_id} · {item.state.value} · version {item.version}")
     flag_badges(item.flags)
     caption = st.text_area("Caption (the teacher's draft; edit it, then Ctrl+Enter)", value=base,

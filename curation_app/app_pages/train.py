@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import altair as alt
 import streamlit as st
 
+from curation_app.components import md_escape
 from curation_app.resources import get_engine, get_settings
 from curation_app.signin import current_actor
 from db.models import JobStatus
@@ -84,7 +85,8 @@ else:
 
 def _cancel(job_id: int) -> None:
     try:
-        st.session_state["train_message"] = (True, cancel_training(engine, actor=actor, job_id=job_id))
+        message = cancel_training(engine, actor=actor, job_id=job_id, settings=settings)
+        st.session_state["train_message"] = (True, message)
     except PermissionDenied as err:
         st.session_state["train_message"] = (False, str(err))
 
@@ -102,7 +104,7 @@ def report_panel(run) -> None:
     if not run.report:
         status, error = run.evaluation or (None, None)
         if status in (JobStatus.failed, JobStatus.cancelled):
-            st.error(f"The evaluation {status.value}: {error or 'see the Jobs page'}")
+            st.error(md_escape(f"The evaluation {status.value}: {error or 'see the Jobs page'}"))
         else:
             st.caption("Evaluating the student on its snapshot's validation split…")
         return
@@ -124,12 +126,12 @@ def runs_panel() -> None:
         return
     for run in runs:
         with st.container(border=True):
-            st.markdown(f"**Job {run.job_id}** · student `{run.student_dir.rsplit('/', 1)[-1]}` · "
-                        f"snapshot `{run.snapshot_id}` · {run.status.value}")
+            st.markdown(f"**Job {run.job_id}** · " + md_escape(
+                f"student {run.student_dir.rsplit('/', 1)[-1]} · snapshot {run.snapshot_id} · {run.status.value}"))
             frac = min(run.done / run.total, 1.0) if run.total else 0.0
-            st.progress(frac, text=f"step {run.done}/{run.total or '?'} · {run.message or ''}")
+            st.progress(frac, text=md_escape(f"step {run.done}/{run.total or '?'} · {run.message or ''}"))
             if run.error:
-                st.error(run.error)
+                st.error(md_escape(run.error))
             if not run.curve.empty:
                 long = run.curve.melt("step", var_name="loss", value_name="value").dropna()
                 st.altair_chart(alt.Chart(long, height=220).mark_line(point=True).encode(

@@ -268,6 +268,7 @@ def sweep_stale_temps(root: Path, *, older_than_s: float = STALE_TEMP_S) -> list
     if not root.is_dir():
         return []
     cutoff = time.time() - older_than_s
+    # temporary folders and id reservations (.snap-<id>.id) of exports that died
     gone = [p for p in root.glob(".snap-*") if p.is_dir() and p.stat().st_mtime < cutoff]
     for p in gone:
         shutil.rmtree(p, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -53,6 +54,20 @@ def decode_upload(data: bytes, name: str = "upload") -> Image.Image:
         raise UploadError(f"{name} is damaged or truncated and cannot be decoded ({exc}). "
                           "Re-export or re-download the image and try again.") from exc
     return to_rgb(image)
+
+
+def decode_file(path: Path) -> Image.Image:
+    """Decode an image file from disk exactly as an upload is decoded (the same size and bomb
+    checks, the same RGB conversion: 16-bit PNGs are scaled, not clipped); raise UploadError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise UploadError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB.")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UploadError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
+    return decode_upload(data, path.name)
 
 
 def _check_size(image: Image.Image, name: str) -> None:

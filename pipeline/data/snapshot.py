@@ -115,14 +115,31 @@ def _record_key(r: SnapshotRecord) -> str:
 
 
 def new_snapshot_id(root: Path, chash: str) -> str:
-    """`snap-<UTC time>-<hash prefix>`, with a suffix when that folder already exists."""
+    """`snap-<UTC time>-<hash prefix>`, with a suffix when that id is taken.
+
+    The id is reserved with an atomic mkdir of a hidden `.<id>.id` folder, so concurrent exports
+    in the same second never pick the same id; write_snapshot removes the reservation.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = f"snap-{stamp}-{chash[:8]}"
     candidate, n = base, 1
-    while (Path(root) / candidate).exists():
+    while True:
+        try:
+            _reservation(root, candidate).mkdir()
+        except FileExistsError:
+            pass
+        else:
+            if not (root / candidate).exists():
+                return candidate
+            _reservation(root, candidate).rmdir()  # a finished snapshot already has this id
         n += 1
         candidate = f"{base}-{n}"
-    return candidate
+
+
+def _reservation(root: Path, snapshot_id: str) -> Path:
+    return Path(root) / f".{snapshot_id}.id"
 
 
 def write_snapshot(
@@ -179,6 +196,8 @@ def write_snapshot(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(_reservation(root, snapshot_id), ignore_errors=True)  # the id is taken, or given back
     _make_read_only(final)
     return final
 

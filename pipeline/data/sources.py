@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from db.catalog import add_image
 from db.engine import session_scope
 from db.models import SourceKind
-from pipeline.data.images import IMAGE_SUFFIXES, pixel_hash, to_png
+from pipeline.data.images import IMAGE_SUFFIXES, UploadError, decode_file, pixel_hash, to_png
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "cifar10"
 
@@ -70,23 +70,46 @@ class ImportSummary:
                 "per_class": dict(self.per_class), "corrupt_keys": list(self.corrupt_keys)}
 
 
+LAYOUT = "<folder>/<class>/<image>, e.g. <folder>/cat/0001.png and <folder>/dog/0002.jpg"
+
+
 def _open_file(path: Path) -> Callable[[], PILImage.Image]:
     def load() -> PILImage.Image:
-        with PILImage.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        return decode_file(path)  # the upload path's decoder: bomb checks, 16-bit scaling
+    return load
+
+
+def _refuse(message: str) -> Callable[[], PILImage.Image]:
+    def load() -> PILImage.Image:
+        raise UploadError(message)
     return load
 
 
 def folder_candidates(root: Path, *, prefix: str) -> Iterator[Candidate]:
-    """Images under `root/<class>/...`, labelled by their sub-folder, in a stable order."""
+    """Images under `root/<class>/...`, labelled by their sub-folder, in a stable order.
+
+    A file (or symlink) that resolves outside `root` is never read: it is counted as unreadable.
+    A folder without class sub-folders holding images raises SourceError naming the layout.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise SourceError(f"image folder {root} does not exist (expected one sub-folder per class)")
+        raise SourceError(f"image folder {root} does not exist (expected the layout {LAYOUT})")
+    real_root = root.resolve()
+    found = 0
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(class_dir.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                yield Candidate(f"{prefix}{f.relative_to(root).as_posix()}", class_dir.name, _open_file(f))
+                found += 1
+                key = f"{prefix}{f.relative_to(root).as_posix()}"
+                if not f.resolve().is_relative_to(real_root):
+                    yield Candidate(key, class_dir.name, _refuse(f"{f.name} points outside the import folder"))
+                    continue
+                yield Candidate(key, class_dir.name, _open_file(f))
+    if not found:
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        hint = f"; it holds {loose} image(s) directly, move them into class sub-folders" if loose else ""
+        raise SourceError(f"image folder {root} has no class sub-folders with images{hint}. "
+                          f"Expected the layout {LAYOUT} (the sub-folder's name is the class).")
 
 
 def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[Candidate]:
@@ -151,7 +174,8 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int, see
                     break
                 try:
                     image = cand.load()
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                        PILImage.DecompressionBombError):  # UploadError is a ValueError
                     summary.corrupt += 1
                     summary.corrupt_keys.append(cand.key)
                     continue

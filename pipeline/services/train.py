@@ -22,7 +22,7 @@ from db.jobs import active_jobs, get_job, list_jobs, request_cancel
 from db.lineage import get_snapshot_row
 from db.models import Job, JobKind, JobStatus
 from pipeline.identity import Actor, Role, require
-from pipeline.jobs import start_job
+from pipeline.jobs import reap_dead_jobs, start_job
 from pipeline.services.lineage import read_json, read_report, sync_students
 from pipeline.settings import Settings
 from pipeline.student.config import StudentConfig, TrainConfig
@@ -66,7 +66,8 @@ class TrainView:
     @property
     def resumable(self) -> bool:
         """Stopped before the end, and no later run took over its folder."""
-        return self.status in (JobStatus.cancelled, JobStatus.failed) and not self.metrics and not self.superseded
+        return (self.status in (JobStatus.cancelled, JobStatus.failed, JobStatus.interrupted) and not self.metrics
+                and not self.superseded)
 
 
 def default_configs(settings: Settings) -> tuple[StudentConfig, TrainConfig]:
@@ -124,8 +125,10 @@ def _launch(settings: Settings, *, actor: Actor, snapshot_id: str, snapshot_path
 
 
 def resume_training(settings: Settings, engine: Engine, *, actor: Actor, job_id: int) -> TrainStart:
-    """Relaunch a cancelled or failed run on its folder; training continues from its checkpoint."""
+    """Relaunch a cancelled, failed or interrupted run on its folder; training continues from its
+    checkpoint."""
     require(actor, Role.curator, "resume training")
+    reap_dead_jobs(engine, settings=settings)  # a killed run's row still says running until reaped
     try:
         with session_scope(engine) as s:
             job = get_job(s, job_id=job_id)
@@ -149,10 +152,14 @@ def resume_training(settings: Settings, engine: Engine, *, actor: Actor, job_id:
                    train=TrainConfig.from_dict(params["train"]), resumed_from=job_id)
 
 
-def cancel_training(engine: Engine, *, actor: Actor, job_id: int) -> str:
+def cancel_training(engine: Engine, *, actor: Actor, job_id: int, settings: Settings | None = None) -> str:
     require(actor, Role.curator, "cancel training")
+    reap_dead_jobs(engine, settings=settings)
     with session_scope(engine) as s:
+        dead = get_job(s, job_id=job_id).status == JobStatus.interrupted
         request_cancel(s, job_id=job_id)
+        if dead:
+            return f"Job {job_id} cancelled (its process had stopped); resume it from its last checkpoint."
     return f"Cancel requested for job {job_id}: it stops at the next step and keeps a checkpoint."
 
 
@@ -190,6 +197,7 @@ def _evaluations(settings: Settings, engine: Engine, runs: list[TrainView], acto
 
 def training_runs(settings: Settings, engine: Engine, *, actor: Actor, limit: int = 20) -> list[TrainView]:
     """The latest training jobs, newest first, each with its curve, metrics and report."""
+    reap_dead_jobs(engine, settings=settings)
     sync_students(settings, engine)
     with session_scope(engine) as s:
         jobs = list_jobs(s, kind=JobKind.train, limit=limit)

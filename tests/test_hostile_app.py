@@ -58,7 +58,7 @@ class World:
     tmp: Path
     monkeypatch: object
 
-    def cli(self, *args: str):  # noqa: ANN201
+    def cli(self, *args: str):
         self.monkeypatch.setenv("CAPSTUDIO_DATA_DIR", str(self.settings.data_dir))
         self.monkeypatch.delenv("CAPSTUDIO_DATABASE_URL", raising=False)
         return CliRunner().invoke(cli_app, list(args))

@@ -98,7 +98,8 @@ def test_the_jobs_service_imports_only_under_the_import_folder(settings, store, 
         (settings.import_root / "inside").symlink_to(outside)
     started = start_caption_job(settings, store, actor=CURATOR, source="folder", n_per_class=2, path=path)
     assert not started.ok and started.job_id is None
-    assert "is not inside the import folder" in started.message and str(settings.import_root.resolve()) in started.message
+    assert "is not inside the import folder" in started.message
+    assert str(settings.import_root.resolve()) in started.message
     with session_scope(store) as s:
         assert count_images(s) == 0
 

@@ -87,7 +87,8 @@ def test_a_dead_job_shows_interrupted_on_the_jobs_page_and_cancel_ends_it_at_onc
     table = at.dataframe[-1].value
     assert table.iloc[0]["status"] == "interrupted" and "stopped without finishing" in table.iloc[0]["error"]
     assert not [b for b in at.button if b.key == f"cancel-{job_id}"]  # not active any more
-    assert cancel_job(engine, actor=CURATOR, job_id=job_id) == f"Job {job_id}: cancelled (its process had already stopped)."
+    cancelled = cancel_job(engine, actor=CURATOR, job_id=job_id)
+    assert cancelled == f"Job {job_id}: cancelled (its process had already stopped)."
     assert _row(engine, job_id).status == JobStatus.cancelled
     engine.dispose()
 

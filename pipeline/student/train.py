@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.snapshot import SnapshotRecord, read_snapshot
+from pipeline.data.snapshot import SnapshotRecord, verify_snapshot
 from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.student import distributed as ddp
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -129,7 +129,7 @@ def train(
 
     tc, sc = train_config, student_config
     out_dir = Path(out_dir)
-    snap = read_snapshot(Path(snapshot_dir))
+    snap = verify_snapshot(Path(snapshot_dir))  # refuses an edited or swapped file
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
     if tc.weak_mode != "off" and not snap.weak:

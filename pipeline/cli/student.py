@@ -30,7 +30,7 @@ def train_configs(config_files: list[Path] | None, overrides: dict[str, Any], *,
     return StudentConfig.from_dict(student), TrainConfig.from_dict(train)
 
 
-def _refuse(exc: Exception) -> typer.Exit:
+def _refuse(exc: Exception | str) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(2)
 
@@ -55,6 +55,9 @@ def train_command(
     from pipeline.student.train import train
 
     settings = Settings()
+    if not (snapshot / "manifest.json").is_file():
+        raise _refuse(f"--snapshot {snapshot} is not a snapshot (no manifest.json): export one with "
+                      f"`python -m pipeline export` and pass its folder under {settings.exports_dir}")
     try:
         sc, tc = train_configs(config, overrides or {}, base_model=settings.student_base_model)
     except ValueError as exc:

@@ -12,7 +12,13 @@ import torch
 from PIL import Image as PILImage
 
 from pipeline.generation import GenerationConfig
-from pipeline.teacher.model import DEFAULT_PROMPT, Teacher, encode_inputs, processor_inputs
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    Teacher,
+    call_generate_kwargs,
+    encode_inputs,
+    processor_inputs,
+)
 
 
 @dataclass(frozen=True)
@@ -94,12 +100,9 @@ def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationC
     errors: list[BaseException] = []
 
     def run() -> None:
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         try:
             with torch.inference_mode():
-                teacher.model.generate(**inputs, **params.generate_kwargs(), streamer=streamer,
-                                       pad_token_id=teacher.processor.tokenizer.pad_token_id)
+                teacher.model.generate(**inputs, **call_generate_kwargs(teacher, params), streamer=streamer)
         except BaseException as exc:  # surfaced below, in the caller's thread
             errors.append(exc)
             streamer.end()

@@ -134,7 +134,9 @@ def evaluate_command(
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    from pipeline.cli.errors import FriendlyGroup
+
+    app = typer.Typer(add_completion=False, no_args_is_help=True, cls=FriendlyGroup)
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     return app

@@ -11,7 +11,7 @@ from threading import Thread
 import torch
 from PIL import Image as PILImage
 
-from pipeline.generation import GenerationConfig
+from pipeline.generation import TOKENIZER_LOCK, GenerationConfig, LockedDecode
 from pipeline.teacher.model import (
     DEFAULT_PROMPT,
     Teacher,
@@ -87,7 +87,9 @@ def stream_teacher(teacher: Teacher, image: PILImage.Image, params: GenerationCo
 
 def _count(tokenizer, text: str, params: GenerationConfig) -> int:  # noqa: ANN001
     """Tokens in the decoded text (re-encoding can add one; the model made at most max_new_tokens)."""
-    return min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), params.max_new_tokens)
+    with TOKENIZER_LOCK:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return min(n, params.max_new_tokens)
 
 
 def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationConfig,
@@ -95,7 +97,7 @@ def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationC
     from transformers import TextIteratorStreamer
 
     inputs = encode_inputs(teacher, [image], prompt)
-    streamer = TextIteratorStreamer(teacher.processor.tokenizer, skip_prompt=True,
+    streamer = TextIteratorStreamer(LockedDecode(teacher.processor.tokenizer), skip_prompt=True,
                                     skip_special_tokens=True, timeout=600)
     errors: list[BaseException] = []
 

@@ -13,6 +13,7 @@ from threading import Lock
 import torch
 from PIL import Image
 
+from pipeline.generation import TOKENIZER_LOCK
 from pipeline.student.config import GenerationConfig
 from pipeline.student.decode import LeanDecoder, decode_tokens
 from pipeline.student.model import Student
@@ -73,7 +74,9 @@ def generate_captions(
     out: list[str] = []
     for s in range(0, len(images), batch_size):
         new = generate_ids(student, images[s:s + batch_size], config=config)
-        out += [t.strip() for t in student.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        with TOKENIZER_LOCK:
+            texts = student.tokenizer.batch_decode(new, skip_special_tokens=True)
+        out += [t.strip() for t in texts]
     return out
 
 
@@ -92,11 +95,13 @@ def stream_caption(
         if int(tok[0]) in eos:
             break
         ids.append(int(tok[0]))
-        text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        with TOKENIZER_LOCK:
+            text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
         if len(text) > len(shown) and not text.endswith("\ufffd"):
             yield text[len(shown):]
             shown = text
-    text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    with TOKENIZER_LOCK:
+        text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
     if len(text) > len(shown):
         yield text[len(shown):]
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image as PILImage
 
-from pipeline.generation import GenerationConfig
+from pipeline.generation import TOKENIZER_LOCK, GenerationConfig
 from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.tiny import is_tiny_model
 
@@ -167,8 +167,9 @@ def processor_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str
     processor overrides used (default: `processor_params_for(images)`)."""
     proc = processor_params_for(images) if processor_params is None else processor_params
     text = chat_prompt(teacher, prompt)
-    inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
-                               return_tensors="pt", padding=True, **proc)
+    with TOKENIZER_LOCK:  # the processor sets the shared tokenizer's padding
+        inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
+                                   return_tensors="pt", padding=True, **proc)
     return dict(inputs), proc
 
 
@@ -233,7 +234,8 @@ def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: st
             raise _oom_error(len(images)) from exc
         raise
     new = out[:, inputs["input_ids"].shape[1]:]
-    texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
+    with TOKENIZER_LOCK:
+        texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
     pad = teacher.processor.tokenizer.pad_token_id
     return [t.strip() for t in texts], int((new != pad).sum())
 

@@ -129,3 +129,35 @@ def test_the_train_command_says_one_line_and_exits_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: snapshot") and swapped in lines[0], proc.stderr
     assert "re-export" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_manifest_rewritten_to_match_is_refused_against_the_store(tmp_path):
+    """Edited caption, manifest hashes recomputed to match: the snapshot is self-consistent, but the
+    store registered another content hash at export, so train, evaluate and compare refuse it."""
+    from pipeline.data.snapshot import _file_hashes, content_hash
+    from tests.playground_models import store_with_snapshot
+
+    data = tmp_path / "data"
+    _, snapshot_id = store_with_snapshot(data)
+    snap = data / "exports" / snapshot_id
+    for p in snap.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    edit_caption(snap)
+    manifest = json.loads((snap / "manifest.json").read_text())
+    s = read_snapshot(snap)
+    manifest["content_hash"] = content_hash([*s.train, *s.validation], s.weak)
+    manifest["files"] = _file_hashes(snap)
+    (snap / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_snapshot(snap).content_hash == manifest["content_hash"]  # consistent on its own
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    for args in (["train", "--snapshot", str(snap), "--out", str(tmp_path / "out"), "--base-model", "never-loaded",
+                  "--device", "cpu"],
+                 ["evaluate", "--student", str(tmp_path / "none"), "--snapshot", str(snap)],
+                 ["compare", "--student", str(tmp_path / "none"), "--snapshot", snapshot_id]):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2, (args[0], proc.stderr[-2000:])
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "is not the store's" in line and "Traceback" not in proc.stderr, (args[0], proc.stderr[-2000:])
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from pipeline.cli.options import config_options, read_config_files, split_fields
+from pipeline.cli.snapshots import registered_hash
 from pipeline.jobs import JobCancelled, JobReporter
 from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig
 
@@ -82,7 +83,7 @@ def train_command(
 
         metrics = train(snapshot_dir=snapshot, out_dir=out, student_config=sc, train_config=tc,
                         device=device or settings.resolved_device(), on_progress=report,
-                        should_stop=job.should_stop)
+                        should_stop=job.should_stop, expected_hash=registered_hash(settings, snapshot))
         job.result = {"student": str(out), "status": metrics.get("status")}
         if metrics.get("status") == "stopped" and main:
             raise JobCancelled(f"training stopped at step {metrics.get('optimizer_steps')}; resume with --out {out}")
@@ -119,7 +120,8 @@ def evaluate_command(
         gen = GenerationConfig(**(overrides or {}), seed=seed)
     except ValueError as exc:
         raise _refuse(exc) from exc
-    items = items_from_snapshot(snapshot, split=split) if snapshot else items_from_folder(images)
+    items = (items_from_snapshot(snapshot, split=split, expected_hash=registered_hash(Settings(), snapshot))
+             if snapshot else items_from_folder(images))
     items = items[:limit] if limit else items
     with JobReporter(Settings(), job_id) as job:
         model = load_student(student, path=inference_path, device=device)

@@ -51,14 +51,15 @@ def results_path(settings: Settings, *, student_dir: Path, snapshot_id: str, spl
 
 def run_compare(settings: Settings, *, student_dir: Path, snapshot: str, split: str = "validation",
                 config: GenerationConfig = GenerationConfig(), batch_size: int = 8,
-                progress: Progress | None = None) -> Path:
-    """Caption every item of the split with the student, score it, write the results file."""
+                progress: Progress | None = None, expected_hash: str | None = None) -> Path:
+    """Caption every item of the split with the student, score it, write the results file
+    (after verify_snapshot: its files, its content hash, and `expected_hash` if the store knows one)."""
     from pipeline.student.generate import generate_captions
     from pipeline.student.loader import load_student
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
-    snap = verify_snapshot(snapshot_folder(settings, snapshot))  # refuses an edited or swapped file
+    snap = verify_snapshot(snapshot_folder(settings, snapshot), expected_hash=expected_hash)
     records = getattr(snap, split)
     if not records:
         raise ValueError(f"snapshot {snap.snapshot_id} has no {split} items")

@@ -39,10 +39,11 @@ class EvalItem:
     item_id: str = ""
 
 
-def items_from_snapshot(snapshot_dir: Path, *, split: str = "validation") -> list[EvalItem]:
+def items_from_snapshot(snapshot_dir: Path, *, split: str = "validation",
+                        expected_hash: str | None = None) -> list[EvalItem]:
     from pipeline.data.snapshot import verify_snapshot
 
-    snap = verify_snapshot(Path(snapshot_dir))  # refuses an edited or swapped file
+    snap = verify_snapshot(Path(snapshot_dir), expected_hash=expected_hash)  # refuses an edited or swapped file
     recs = getattr(snap, split)
     return [EvalItem(r.image(), (r.text,), r.label, r.item_id) for r in recs]
 

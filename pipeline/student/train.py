@@ -118,6 +118,7 @@ def train(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     show_progress: bool = True,
+    expected_hash: str | None = None,
 ) -> dict:
     """Train (or resume) a student on a snapshot's train split; returns metrics.json's content.
 
@@ -129,7 +130,7 @@ def train(
 
     tc, sc = train_config, student_config
     out_dir = Path(out_dir)
-    snap = verify_snapshot(Path(snapshot_dir))  # refuses an edited or swapped file
+    snap = verify_snapshot(Path(snapshot_dir), expected_hash=expected_hash)  # refuses an edited or swapped file
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
     if tc.weak_mode != "off" and not snap.weak:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CAPSTUDIO_"
@@ -19,6 +20,22 @@ class StoreSettings(BaseSettings):
     """Folder for the SQLite database, exports, students and job logs."""
     database_url: str | None = None
     """SQLAlchemy URL; default: sqlite:///<data_dir>/studio.db"""
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        """Refuse a URL SQLAlchemy cannot parse at once, not at the first query."""
+        if not value:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL; use sqlite:////path/to/studio.db or "
+                             "postgresql+psycopg://user:password@host/dbname, or unset it for the default") from None
+        return value
 
     @property
     def resolved_database_url(self) -> str:

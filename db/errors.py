@@ -2,7 +2,17 @@
 
 
 class StoreError(Exception):
-    """Base class: a state change was refused and nothing was written."""
+    """Base class: a state change was refused and nothing was written.
+
+    The message names nobody else; where it is about another reviewer, `named` is the same message
+    with their name, which a service shows only to a curator (`message_for`)."""
+
+    def __init__(self, message: str, *, named: str | None = None):
+        super().__init__(message)
+        self.named = named
+
+    def message_for(self, *, may_see_names: bool) -> str:
+        return self.named if may_see_names and self.named else str(self)
 
 
 class StaleWriteError(StoreError):
@@ -14,7 +24,7 @@ class ClaimedError(StoreError):
 
 
 class InvalidCaptionError(StoreError, ValueError):
-    """An empty caption, or one that is too long."""
+    """An empty or invisible caption, one with control characters, or one that is too long."""
 
 
 class InvalidActionError(StoreError, ValueError):

@@ -6,6 +6,7 @@ refused (StaleWriteError) instead of overwriting someone else's.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -59,11 +60,31 @@ class ReviewItem:
     claimed_by: str | None
 
 
+# Unicode categories that are not content: format (zero-width space/joiners, BOM, bidi marks),
+# control, surrogate, separators. Letters, marks, numbers, punctuation and symbols (emoji) are.
+_NOT_CONTENT = {"Cf", "Cc", "Cs", "Zs", "Zl", "Zp"}
+_CONTENT_MAJOR = {"L", "N", "P", "S"}
+
+
 def validate_caption(text: str | None) -> str:
-    """Return the caption as stored (surrounding whitespace removed) or raise."""
+    """Return the caption as stored (surrounding whitespace removed, nothing else changed) or raise.
+
+    A caption needs at least one visible character (a letter, number, punctuation or symbol):
+    zero-width spaces, joiners, BOMs and bidi marks alone do not count; control characters and
+    lone surrogates are refused. RTL text, emoji (with ZWJ sequences) and combining marks stay as
+    written (no Unicode normalisation: what the reviewer typed is what is exported)."""
     if text is None or not text.strip():
         raise InvalidCaptionError("The caption is empty: write a caption or reject the item.")
     text = text.strip()
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat == "Cs" or (cat == "Cc" and ch not in "\t\n"):
+            raise InvalidCaptionError(f"The caption contains the control character U+{ord(ch):04X}: "
+                                      "remove it (retype the caption rather than pasting it).")
+    if not any(unicodedata.category(ch)[0] in _CONTENT_MAJOR for ch in text):
+        shown = " ".join(f"U+{ord(ch):04X}" for ch in dict.fromkeys(text))[:60]
+        raise InvalidCaptionError(f"The caption has no visible characters (only {shown}): write a "
+                                  "caption or reject the item.")
     if len(text) > MAX_CAPTION_CHARS:
         raise InvalidCaptionError(
             f"The caption has {len(text)} characters; the limit is {MAX_CAPTION_CHARS}."
@@ -225,12 +246,11 @@ def decide(
     if review is None:
         raise InvalidActionError(f"No item with image id {image_id}.")
     if review.version != expected_version:
-        raise StaleWriteError(
-            f"Item {image_id} changed since you opened it (it is now {review.state.value}, "
-            f"by {review.reviewer or 'nobody'}). Your decision was not saved; reload to see it."
-        )
-    if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:
-        raise ClaimedError(f"Item {image_id} is being reviewed by {review.claimed_by}.")
+        who = "you, in another window" if review.reviewer == reviewer else "someone else"
+        said = f"Item {image_id} changed since you opened it (it is now {review.state.value}, by {{}}). " \
+               "Your decision was not saved; reload to see it."
+        raise StaleWriteError(said.format(who), named=said.format(review.reviewer or "nobody"))
+    _refuse_if_claimed(review, reviewer=reviewer, now=now)
     draft = session.get(Draft, review.draft_id) if review.draft_id else None
     new_state, new_caption, new_reason = _apply(action, review, draft, caption, reason)
     event = ReviewEvent(
@@ -248,7 +268,14 @@ def decide(
     return review
 
 
-def _apply(action, review, draft, caption, reason):
+def _refuse_if_claimed(review: Review, *, reviewer: str, now: datetime) -> None:
+    """ClaimedError while another reviewer's claim runs; the name is only in `named` (curators)."""
+    if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:
+        said = f"Item {review.image_id} is being reviewed by {{}}."
+        raise ClaimedError(said.format("someone else"), named=said.format(review.claimed_by))
+
+
+def _apply(action, review, draft, caption, reason):  # noqa: ANN001, ANN202
     if action == ReviewAction.approve:
         if draft is None:
             raise InvalidActionError("This item has no teacher draft to approve.")
@@ -330,8 +357,7 @@ def claim_item(session: Session, *, image_id: int, reviewer: str, now: datetime 
     review = lock_row(session, Review, image_id)
     if review is None:
         raise InvalidActionError(f"No item with image id {image_id}.")
-    if review.claimed_by not in (None, reviewer) and review.claim_expires_at and review.claim_expires_at > now:
-        raise ClaimedError(f"Item {image_id} is being reviewed by {review.claimed_by}.")
+    _refuse_if_claimed(review, reviewer=reviewer, now=now)
     review.claimed_by, review.claim_expires_at = reviewer, now + ttl
     session.add(review)
     session.flush()

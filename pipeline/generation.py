@@ -7,11 +7,27 @@ class defaults.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from pipeline.configs import JsonConfig, check, doc
 
 MAX_NEW_TOKENS = 1024
+TOKENIZER_LOCK = threading.RLock()
+"""Held around every use of a (cached, shared) fast tokenizer while models generate: a call that
+changes its padding or truncation while another thread encodes or decodes raises
+`RuntimeError: Already borrowed` (huggingface/tokenizers#537). Tokenizing a caption is short."""
+
+
+class LockedDecode:
+    """A tokenizer seen through TOKENIZER_LOCK, for streamers that only call `decode`."""
+
+    def __init__(self, tokenizer):  # noqa: ANN001
+        self._tokenizer = tokenizer
+
+    def decode(self, *args, **kwargs) -> str:
+        with TOKENIZER_LOCK:
+            return self._tokenizer.decode(*args, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
+from pydantic import field_validator
+
 from db.config import StoreSettings
 from db.qc import QcPolicy
 from pipeline.hardware import resolve_device
@@ -105,6 +107,13 @@ class Settings(StoreSettings):
     @property
     def models_dir(self) -> Path:
         return Path(self.data_dir) / "models"
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("not a device; use auto, cpu, cuda (or cuda:N) or mps")
 
     def resolved_device(self) -> str:
         return resolve_device(self.device)

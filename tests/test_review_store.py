@@ -144,9 +144,10 @@ def test_two_reviewers_never_hold_the_same_item_and_claims_expire(store):
         bob = claim_next(s, reviewer="bob")
         assert claim_next(s, reviewer="ann").image_id == ann.image_id  # own claim first
     assert {ann.image_id, bob.image_id} == {a, b}
-    with session_scope(store) as s, pytest.raises(ClaimedError, match="ann"):
+    with session_scope(store) as s, pytest.raises(ClaimedError, match="someone else") as refused:
         decide(s, image_id=ann.image_id, reviewer="bob", action=ReviewAction.approve,
                expected_version=ann.version)
+    assert "ann" not in str(refused.value) and "by ann" in refused.value.named  # the name: curators only
     later = utcnow() + CLAIM_TTL + timedelta(seconds=1)
     with session_scope(store) as s:
         cy = claim_next(s, reviewer="cy", label="truck", now=later)

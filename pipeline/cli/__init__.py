@@ -9,6 +9,7 @@ import typer
 
 from pipeline.cli.compare import compare
 from pipeline.cli.db import db_app
+from pipeline.cli.errors import FriendlyGroup
 from pipeline.cli.export import export
 from pipeline.cli.stats import stats
 from pipeline.cli.store import build_tiny, caption, import_, init, status
@@ -20,6 +21,7 @@ app = typer.Typer(
     "train and evaluate the student.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=FriendlyGroup,  # a bad setting, a read-only folder, a missing snapshot: one line, exit 2
 )
 app.command()(init)
 app.command("import")(import_)

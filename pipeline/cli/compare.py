@@ -10,10 +10,11 @@ from pathlib import Path
 import typer
 
 from db.engine import init_store
+from pipeline.cli.snapshots import registered_hash
 from pipeline.generation import GenerationConfig
 from pipeline.jobs import JobReporter
 from pipeline.settings import Settings
-from pipeline.student.compare import read_results, run_compare
+from pipeline.student.compare import read_results, run_compare, snapshot_folder
 
 
 def compare(
@@ -30,7 +31,8 @@ def compare(
     with JobReporter(settings, job_id) as job:
         out = run_compare(settings, student_dir=student, snapshot=snapshot, split=split,
                           config=GenerationConfig(max_new_tokens=max_new_tokens), batch_size=batch_size,
-                          progress=lambda done, total: job.progress(done, total, "captioning", force=True))
+                          progress=lambda done, total: job.progress(done, total, "captioning", force=True),
+                          expected_hash=registered_hash(settings, snapshot_folder(settings, snapshot)))
         df = read_results(out)
         job.result = {"path": str(out), "n_items": len(df), "mean_bleu": round(float(df.bleu.mean()), 2),
                       "mean_rouge_l": round(float(df.rouge_l.mean()), 4),

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from pipeline.cli.options import config_options, read_config_files, split_fields
+from pipeline.cli.snapshots import registered_hash
 from pipeline.jobs import JobCancelled, JobReporter
 from pipeline.student.config import GenerationConfig, StudentConfig, TrainConfig
 
@@ -30,7 +31,7 @@ def train_configs(config_files: list[Path] | None, overrides: dict[str, Any], *,
     return StudentConfig.from_dict(student), TrainConfig.from_dict(train)
 
 
-def _refuse(exc: Exception) -> typer.Exit:
+def _refuse(exc: Exception | str) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(2)
 
@@ -55,6 +56,9 @@ def train_command(
     from pipeline.student.train import train
 
     settings = Settings()
+    if not (snapshot / "manifest.json").is_file():
+        raise _refuse(f"--snapshot {snapshot} is not a snapshot (no manifest.json): export one with "
+                      f"`python -m pipeline export` and pass its folder under {settings.exports_dir}")
     try:
         sc, tc = train_configs(config, overrides or {}, base_model=settings.student_base_model)
     except ValueError as exc:
@@ -79,7 +83,7 @@ def train_command(
 
         metrics = train(snapshot_dir=snapshot, out_dir=out, student_config=sc, train_config=tc,
                         device=device or settings.resolved_device(), on_progress=report,
-                        should_stop=job.should_stop)
+                        should_stop=job.should_stop, expected_hash=registered_hash(settings, snapshot))
         job.result = {"student": str(out), "status": metrics.get("status")}
         if metrics.get("status") == "stopped" and main:
             raise JobCancelled(f"training stopped at step {metrics.get('optimizer_steps')}; resume with --out {out}")
@@ -116,7 +120,8 @@ def evaluate_command(
         gen = GenerationConfig(**(overrides or {}), seed=seed)
     except ValueError as exc:
         raise _refuse(exc) from exc
-    items = items_from_snapshot(snapshot, split=split) if snapshot else items_from_folder(images)
+    items = (items_from_snapshot(snapshot, split=split, expected_hash=registered_hash(Settings(), snapshot))
+             if snapshot else items_from_folder(images))
     items = items[:limit] if limit else items
     with JobReporter(Settings(), job_id) as job:
         model = load_student(student, path=inference_path, device=device)
@@ -131,7 +136,9 @@ def evaluate_command(
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    from pipeline.cli.errors import FriendlyGroup
+
+    app = typer.Typer(add_completion=False, no_args_is_help=True, cls=FriendlyGroup)
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     return app

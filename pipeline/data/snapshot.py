@@ -78,6 +78,18 @@ class SnapshotExistsError(FileExistsError):
     """A snapshot with that id is already on disk: snapshots are never overwritten."""
 
 
+class SnapshotMissingError(FileNotFoundError):
+    """No snapshot at that path (no manifest.json)."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} is not a snapshot: no manifest.json. Give a folder made by "
+                         "`python -m pipeline export` (under <data_dir>/exports/)")
+
+
+class SnapshotIntegrityError(ValueError):
+    """A snapshot on disk is not what was exported (an edited, swapped or escaping file)."""
+
+
 def content_hash(records: Iterable[SnapshotRecord], weak: Iterable[SnapshotRecord] = ()) -> str:
     """sha256 over (image bytes, caption, label) of every record, in a canonical order; weak records
     (unreviewed drafts) are marked as such, and a snapshot without them hashes as it always did."""
@@ -188,8 +200,9 @@ def write_snapshot(
             "split": {"val_fraction": val_fraction, "seed": seed},
             "provenance": provenance or {},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         (tmp / "README.md").write_text(card_text or _default_card(manifest))
+        manifest["files"] = _file_hashes(tmp)  # every file but the manifest itself
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         _fsync_tree(tmp)
         os.rename(tmp, final)  # atomic on one filesystem; refuses a non-empty target
         _fsync_dir(root)  # the rename itself survives a power cut
@@ -232,23 +245,108 @@ def _write_files(folder: Path, records: list[SnapshotRecord], splits: dict[str, 
     pq.write_table(pa.Table.from_pylist(rows), folder / "data.parquet")
 
 
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under folder except manifest.json, sorted."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def contained_file(folder: Path, file_name: str, *, where: str) -> Path:
+    """folder/file_name, refused unless it is a plain relative name that stays inside folder
+    (no absolute path, no `..`, no link out): metadata files name images, and a name is data."""
+    name = str(file_name)
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name or "\x00" in name:
+        raise SnapshotIntegrityError(f"{where}: file_name {name!r} is not a file inside {folder}; "
+                                     "re-export the snapshot instead of editing it")
+    target = folder / rel
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise SnapshotIntegrityError(f"{where}: file_name {name!r} leads outside {folder}; "
+                                     "re-export the snapshot instead of editing it")
+    return target
+
+
+def verify_snapshot(path: Path, *, expected_hash: str | None = None) -> Snapshot:
+    """Read a snapshot and refuse it unless it is exactly what was exported: every file's sha256
+    (manifest "files"), then the content hash over images, labels and captions (and, if given, the
+    hash the store registered). Training, compare and evaluation read snapshots only this way.
+
+    Raises SnapshotIntegrityError naming the first file that differs.
+    """
+    path = Path(path)
+    fix = f"re-export it (python -m pipeline export) or restore {path} from a backup"
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise SnapshotMissingError(path)
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotIntegrityError(f"snapshot {path}: manifest.json is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("content_hash"), str):
+        raise SnapshotIntegrityError(f"snapshot {path}: manifest.json has no content hash; {fix}")
+    recorded = manifest.get("files")
+    if recorded is not None:
+        found = _file_hashes(path)
+        for rel in sorted(set(recorded) | set(found)):
+            if rel not in found:
+                raise SnapshotIntegrityError(f"snapshot {path}: {rel} is missing; {fix}")
+            if rel not in recorded:
+                raise SnapshotIntegrityError(f"snapshot {path}: {rel} was added after the export; {fix}")
+            if found[rel] != recorded[rel]:
+                raise SnapshotIntegrityError(f"snapshot {path}: {rel} was changed after the export "
+                                             f"(sha256 differs); {fix}")
+    snap = read_snapshot(path)
+    if recorded is None:  # older snapshots have no "files": each image's name carries its hash
+        for split in (*SPLITS, WEAK_SPLIT):
+            meta = path / split / "metadata.jsonl"
+            for row in _rows(meta) if meta.exists() else []:
+                name = str(row["file_name"])
+                digest = hashlib.sha256((path / split / name).read_bytes()).hexdigest()[:12]
+                if name.endswith(".png") and not name.endswith(f"_{digest}.png"):
+                    raise SnapshotIntegrityError(f"snapshot {path}: {split}/{name} is not the exported "
+                                                 f"image (sha256 differs); {fix}")
+    actual = content_hash([*snap.train, *snap.validation], snap.weak)
+    for what, want in (("manifest", manifest["content_hash"]), ("store", expected_hash)):
+        if want is not None and actual != want:
+            raise SnapshotIntegrityError(
+                f"snapshot {path}: its content hash {actual[:12]}… is not the {what}'s {want[:12]}… "
+                f"(a caption, label or image in a metadata.jsonl was changed); {fix}")
+    return snap
+
+
+def _rows(meta: Path) -> list[dict]:
+    """The JSON rows of a metadata.jsonl, refused (naming the line) unless each has a file_name."""
+    rows = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise ValueError("no file_name")
+        except ValueError as exc:
+            raise SnapshotIntegrityError(f"{meta}, line {n}: not a snapshot row ({exc}); "
+                                         "re-export the snapshot instead of editing it") from exc
+        rows.append(row)
+    return rows
+
+
 def read_snapshot(path: Path) -> Snapshot:
-    """Read a snapshot folder back into records (images as PNG bytes)."""
+    """Read a snapshot folder back into records (images as PNG bytes). It checks only that every
+    file_name stays inside the snapshot; `verify_snapshot` also checks every hash."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
-        raise FileNotFoundError(f"{path} is not a snapshot: no manifest.json")
+        raise SnapshotMissingError(path)
     manifest = json.loads(manifest_file.read_text())
     parts: dict[str, list[SnapshotRecord]] = {s: [] for s in (*SPLITS, WEAK_SPLIT)}
     for split in parts:
         meta = path / split / "metadata.jsonl"
         if not meta.exists():
             continue
-        for line in meta.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for n, row in enumerate(_rows(meta), 1):
+            image = contained_file(path / split, row["file_name"], where=f"{meta}, line {n}")
             parts[split].append(
                 SnapshotRecord(
-                    image_png=(path / split / row["file_name"]).read_bytes(),
+                    image_png=image.read_bytes(),
                     text=row["text"],
                     label=row["label"],
                     item_id=row.get("item_id", ""),
@@ -342,6 +440,8 @@ def _make_read_only(folder: Path) -> None:
 
 
 __all__ = [
-    "Snapshot", "SnapshotRecord", "SnapshotExistsError", "write_snapshot", "read_snapshot",
+    "Snapshot", "SnapshotRecord", "SnapshotExistsError", "SnapshotIntegrityError", "SnapshotMissingError",
+    "write_snapshot",
+    "read_snapshot", "verify_snapshot", "contained_file",
     "list_snapshots", "content_hash", "assign_splits", "asdict",
 ]

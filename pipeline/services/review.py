@@ -3,7 +3,8 @@
 
 Every function takes the engine, does its work in one
 short session, and returns plain data (dataclasses, DataFrames) that a page only renders.
-Refusals from the store (stale view, claimed item, bad caption) come back as a message; a role that
+Refusals from the store (stale view, claimed item, bad caption) come back as a message (naming another
+reviewer only to a curator); a role that
 may not review raises PermissionDenied. The reviewer recorded is always the signed-in `actor`.
 """
 from __future__ import annotations
@@ -75,6 +76,11 @@ def _view(session: Session, spec: QueueSpec, item: ReviewItem | None, *, ok: boo
     return ReviewView(item=item, progress=progress(session, targets=spec.targets), ok=ok, message=message)
 
 
+def _said(err: StoreError, actor: Actor) -> str:
+    """A refusal as this actor may read it: another reviewer's name only for a curator."""
+    return err.message_for(may_see_names=actor.can(Role.curator))
+
+
 def _next(session: Session, actor: Actor, spec: QueueSpec) -> ReviewItem | None:
     return claim_next(session, reviewer=actor.name, order=spec.order, targets=spec.targets,
                       label=spec.label, flag=spec.flag)
@@ -96,7 +102,7 @@ def open_review(engine: Engine, *, actor: Actor, spec: QueueSpec, image_id: int 
             return _view(s, spec, _next(s, actor, spec))
     except StoreError as err:
         with session_scope(engine) as s:
-            return _view(s, spec, _next(s, actor, spec), ok=False, message=str(err))
+            return _view(s, spec, _next(s, actor, spec), ok=False, message=_said(err, actor))
 
 
 def submit_decision(
@@ -117,7 +123,7 @@ def submit_decision(
             item = get_item(s, image_id=image_id)
             if item.version != expected_version or item.claimed_by not in (None, actor.name):
                 item = _next(s, actor, spec)  # the item moved on: show the reviewer something fresh
-            return _view(s, spec, item, ok=False, message=str(err))
+            return _view(s, spec, item, ok=False, message=_said(err, actor))
 
 
 def undo(engine: Engine, *, actor: Actor, spec: QueueSpec) -> ReviewView:
@@ -131,7 +137,7 @@ def undo(engine: Engine, *, actor: Actor, spec: QueueSpec) -> ReviewView:
             return _view(s, spec, item, message=f"Item {item.image_id}: last decision undone.")
     except StoreError as err:
         with session_scope(engine) as s:
-            return _view(s, spec, _next(s, actor, spec), ok=False, message=str(err))
+            return _view(s, spec, _next(s, actor, spec), ok=False, message=_said(err, actor))
 
 
 def word_diff(before: str, after: str) -> list[tuple[DiffOp, str]]:

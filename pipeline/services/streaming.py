@@ -11,8 +11,14 @@ from threading import Thread
 import torch
 from PIL import Image as PILImage
 
-from pipeline.generation import GenerationConfig
-from pipeline.teacher.model import DEFAULT_PROMPT, Teacher, encode_inputs, processor_inputs
+from pipeline.generation import TOKENIZER_LOCK, GenerationConfig, LockedDecode
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    Teacher,
+    call_generate_kwargs,
+    encode_inputs,
+    processor_inputs,
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,9 @@ def stream_teacher(teacher: Teacher, image: PILImage.Image, params: GenerationCo
 
 def _count(tokenizer, text: str, params: GenerationConfig) -> int:
     """Tokens in the decoded text (re-encoding can add one; the model made at most max_new_tokens)."""
-    return min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), params.max_new_tokens)
+    with TOKENIZER_LOCK:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return min(n, params.max_new_tokens)
 
 
 def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationConfig,
@@ -89,17 +97,14 @@ def _teacher_pieces(teacher: Teacher, image: PILImage.Image, params: GenerationC
     from transformers import TextIteratorStreamer
 
     inputs = encode_inputs(teacher, [image], prompt)
-    streamer = TextIteratorStreamer(teacher.processor.tokenizer, skip_prompt=True,
+    streamer = TextIteratorStreamer(LockedDecode(teacher.processor.tokenizer), skip_prompt=True,
                                     skip_special_tokens=True, timeout=600)
     errors: list[BaseException] = []
 
     def run() -> None:
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         try:
             with torch.inference_mode():
-                teacher.model.generate(**inputs, **params.generate_kwargs(), streamer=streamer,
-                                       pad_token_id=teacher.processor.tokenizer.pad_token_id)
+                teacher.model.generate(**inputs, **call_generate_kwargs(teacher, params), streamer=streamer)
         except BaseException as exc:  # surfaced below, in the caller's thread
             errors.append(exc)
             streamer.end()

@@ -2,7 +2,9 @@
 
 Each holds what `load_student` reads (adapter, projector, student.json) plus optimizer,
 scheduler and RNG state; it is written to a temporary folder and renamed, so a kill at any
-moment leaves either the previous or the new checkpoint, never half of one.
+moment leaves either the previous or the new checkpoint, never half of one. Resuming reads
+optimizer.pt with `torch.load(weights_only=True)` only: a file that needs more (a planted pickle
+that would run code) is refused, never executed.
 """
 from __future__ import annotations
 
@@ -19,6 +21,35 @@ from pipeline.student.loader import save_student
 from pipeline.student.model import Student
 
 CHECKPOINTS = "checkpoints"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that does not load as plain tensors and numbers (weights_only)."""
+
+
+def _numpy_rng_globals() -> list:
+    """What np.random.get_state()'s array needs besides weights_only's defaults (data, no code)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_optimizer_state(path: Path) -> dict:
+    """optimizer.pt loaded with weights_only=True (on the CPU), or UnsafeCheckpointError."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            blob = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"refusing to resume from {path}: it does not load as plain tensors (weights_only=True: {first}); "
+            f"it may have been tampered with. Delete {path.parent} to resume from an earlier checkpoint, "
+            "or train into a new --out folder") from None
+    if not isinstance(blob, dict) or not {"optimizer", "scheduler", "torch_rng"} <= set(blob):
+        raise UnsafeCheckpointError(f"refusing to resume from {path}: not a training checkpoint; "
+                                    f"delete {path.parent} or train into a new --out folder")
+    return blob
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -56,14 +87,14 @@ def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) ->
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    # map to the CPU: a GPU-written checkpoint must resume on a CPU-only machine too
+    # (load_state_dict moves the optimizer state to the parameters' device); refused before any change
+    blob = load_optimizer_state(Path(ckpt) / "optimizer.pt")  # never unpickles code
     adapter = load_file(ckpt / "adapter" / "adapter_model.safetensors")
     result = set_peft_model_state_dict(student.lm, adapter)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"checkpoint adapter has unexpected keys: {result.unexpected_keys[:3]}")
     student.projector.load_state_dict(load_file(ckpt / "projector.safetensors"))
-    # map to the CPU: a GPU-written checkpoint must resume on a CPU-only machine too
-    # (load_state_dict moves the optimizer state to the parameters' device)
-    blob = torch.load(ckpt / "optimizer.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
@@ -71,5 +102,5 @@ def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) ->
     random.setstate(blob["python_rng"])
     cuda_rng = blob.get("cuda_rng")
     if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        torch.cuda.set_rng_state_all(cuda_rng)
     return json.loads((ckpt / "state.json").read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.classes import mentions_class
-from pipeline.data.snapshot import SPLITS, read_snapshot
+from pipeline.data.snapshot import SPLITS, contained_file, verify_snapshot
 from pipeline.generation import GenerationConfig
 from pipeline.settings import Settings
 from pipeline.student.metrics import sentence_bleu
@@ -38,9 +38,11 @@ def score_pair(candidate: str, reference: str) -> dict:
 
 
 def snapshot_folder(settings: Settings, snapshot: str) -> Path:
-    """A snapshot id (under exports_dir) or a folder path."""
+    """A snapshot folder path, or a snapshot id: a plain name under exports_dir (never `..`)."""
     path = Path(snapshot)
-    return path if (path / "manifest.json").is_file() else Path(settings.exports_dir) / snapshot
+    if (path / "manifest.json").is_file() or path.is_absolute() or len(path.parts) > 1:
+        return path  # a folder: verify_snapshot says if it is not a snapshot
+    return contained_file(Path(settings.exports_dir), snapshot, where="snapshot id")
 
 
 def results_path(settings: Settings, *, student_dir: Path, snapshot_id: str, split: str) -> Path:
@@ -49,14 +51,15 @@ def results_path(settings: Settings, *, student_dir: Path, snapshot_id: str, spl
 
 def run_compare(settings: Settings, *, student_dir: Path, snapshot: str, split: str = "validation",
                 config: GenerationConfig = GenerationConfig(), batch_size: int = 8,
-                progress: Progress | None = None) -> Path:
-    """Caption every item of the split with the student, score it, write the results file."""
+                progress: Progress | None = None, expected_hash: str | None = None) -> Path:
+    """Caption every item of the split with the student, score it, write the results file
+    (after verify_snapshot: its files, its content hash, and `expected_hash` if the store knows one)."""
     from pipeline.student.generate import generate_captions
     from pipeline.student.loader import load_student
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
-    snap = read_snapshot(snapshot_folder(settings, snapshot))
+    snap = verify_snapshot(snapshot_folder(settings, snapshot), expected_hash=expected_hash)
     records = getattr(snap, split)
     if not records:
         raise ValueError(f"snapshot {snap.snapshot_id} has no {split} items")

@@ -135,6 +135,17 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
 
 
 @dataclass
+class KVCache:
+    """The keys and values of one generation: one (B, H_kv, max_len, hd) buffer per layer.
+
+    It belongs to the call that made it (`LeanDecoder.prefill`), never to the decoder, which is
+    shared by every user of a cached student (the playground's st.cache_resource)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+@dataclass
 class _Layer:
     ln1: Linear
     qkv: Linear
@@ -147,6 +158,9 @@ class _Layer:
 
 class LeanDecoder:
     """Per-token Phi-3 forward over a preallocated KV cache (batch B, one new token each).
+
+    The decoder holds only views of the weights; every generation's state (its KVCache, its
+    random generator) lives in the call, so one decoder serves many threads at once.
 
     It uses the native kernels the loader gave the model (kernels.py) only after one of their NF4
     products has equalled bitsandbytes' on this model; `native_kernels` says whether it does.
@@ -178,24 +192,23 @@ class LeanDecoder:
             causal_lm.lm_head, "lora_A") else _projection(causal_lm.lm_head, ext)
         self.embed = causal_lm.get_input_embeddings()
         self.attn_modules = [L.self_attn for L in self.core.layers]
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
 
-    def prefill(self, inputs_embeds: torch.Tensor, max_len: int) -> torch.Tensor:
-        """Run the prompt through the Hugging Face model; keep its KV in buffers of max_len.
+    def prefill(self, inputs_embeds: torch.Tensor, max_len: int) -> tuple[torch.Tensor, KVCache]:
+        """Run the prompt through the Hugging Face model; keep its KV in fresh buffers of max_len.
 
-        Returns float32 logits of the last position (B, V), as `generate()` sees them.
+        Returns float32 logits of the last position (B, V), as `generate()` sees them, and the
+        call's own KVCache (to hand to every `step` of this generation).
         """
         b, t, _ = inputs_embeds.shape
         out = self.lm(inputs_embeds=inputs_embeds, attention_mask=torch.ones(b, t, dtype=torch.long,
                       device=inputs_embeds.device), use_cache=True, logits_to_keep=1)
-        self.k, self.v = [], []
+        cache = KVCache(k=[], v=[])
         for layer in out.past_key_values.layers:
-            for src, dst in ((layer.keys, self.k), (layer.values, self.v)):
+            for src, dst in ((layer.keys, cache.k), (layer.values, cache.v)):
                 buf = src.new_empty(b, self.kv_heads, max_len, self.head_dim)
                 buf[:, :, :t] = src
                 dst.append(buf)
-        return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        return out.logits[:, -1, :].to(copy=True, dtype=torch.float32), cache
 
     def _attention(self) -> Callable:
         """The attention function the Hugging Face model itself calls (sdpa, eager, or
@@ -203,8 +216,8 @@ class LeanDecoder:
         return ALL_ATTENTION_FUNCTIONS.get_interface(self.core.config._attn_implementation,
                                                      eager_attention_forward)
 
-    def step(self, token_ids: torch.Tensor, pos: int) -> torch.Tensor:
-        """Feed one token per row at position `pos`; return float32 logits (B, V)."""
+    def step(self, token_ids: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        """Feed one token per row at position `pos` into `cache`; return float32 logits (B, V)."""
         attend = self._attention()
         x = self.embed(token_ids[:, None])  # (B, 1, D)
         b = x.shape[0]
@@ -216,9 +229,9 @@ class LeanDecoder:
             qk = _rope(qkv[..., :nq + nkv].view(b, 1, -1, hd).transpose(1, 2), cos, sin)  # q and k at once
             q, k = qk[:, :self.heads], qk[:, self.heads:]
             v = qkv[..., nq + nkv:].view(b, 1, -1, hd).transpose(1, 2)
-            self.k[i][:, :, pos:pos + 1] = k
-            self.v[i][:, :, pos:pos + 1] = v
-            a, _ = attend(self.attn_modules[i], q, self.k[i][:, :, :pos + 1], self.v[i][:, :, :pos + 1],
+            cache.k[i][:, :, pos:pos + 1] = k
+            cache.v[i][:, :, pos:pos + 1] = v
+            a, _ = attend(self.attn_modules[i], q, cache.k[i][:, :, :pos + 1], cache.v[i][:, :, :pos + 1],
                           None, dropout=0.0, scaling=self.attn_modules[i].scaling)
             x = x + L.o(a.reshape(b, 1, -1))
             gate, up = L.gate_up(L.ln2(x)).chunk(2, dim=-1)
@@ -252,23 +265,24 @@ def logits_processors(gc: GenerationConfig):
 @torch.inference_mode()
 def decode_tokens(
     decoder: LeanDecoder, inputs_embeds: torch.Tensor, gc: GenerationConfig, *, eos_ids: list[int],
-    pad_id: int, stop_at_eos: bool = True,
+    pad_id: int, stop_at_eos: bool = True, generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) until all rows ended or max_new_tokens.
 
     Rows that emitted an end token get `pad_id` afterwards, as in `generate()`; the prompt is
     not part of the repetition-penalty history (`generate()` with inputs_embeds does the same).
+    Sampling draws from `generator` (the call's own; None: torch's global one).
     """
     b, t, _ = inputs_embeds.shape
     procs = logits_processors(gc)
-    logits = decoder.prefill(inputs_embeds, t + gc.max_new_tokens)
+    logits, cache = decoder.prefill(inputs_embeds, t + gc.max_new_tokens)
     seq = torch.empty(b, 0, dtype=torch.long, device=inputs_embeds.device)
     eos = torch.tensor(eos_ids, device=seq.device)
     done = torch.zeros(b, dtype=torch.bool, device=seq.device)
     for i in range(gc.max_new_tokens):
         scores = procs(seq, logits)
         if gc.do_sample:
-            nxt = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            nxt = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
         else:
             nxt = torch.argmax(scores, dim=-1)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
@@ -279,4 +293,4 @@ def decode_tokens(
             if bool(done.all()):
                 return
         if i + 1 < gc.max_new_tokens:
-            logits = decoder.step(nxt, t + i)
+            logits = decoder.step(nxt, t + i, cache)

@@ -39,10 +39,11 @@ class EvalItem:
     item_id: str = ""
 
 
-def items_from_snapshot(snapshot_dir: Path, *, split: str = "validation") -> list[EvalItem]:
-    from pipeline.data.snapshot import read_snapshot
+def items_from_snapshot(snapshot_dir: Path, *, split: str = "validation",
+                        expected_hash: str | None = None) -> list[EvalItem]:
+    from pipeline.data.snapshot import verify_snapshot
 
-    snap = read_snapshot(Path(snapshot_dir))
+    snap = verify_snapshot(Path(snapshot_dir), expected_hash=expected_hash)  # refuses an edited or swapped file
     recs = getattr(snap, split)
     return [EvalItem(r.image(), (r.text,), r.label, r.item_id) for r in recs]
 
@@ -53,9 +54,11 @@ def items_from_folder(folder: Path) -> list[EvalItem]:
     folder = Path(folder)
     meta = folder / "metadata.jsonl"
     if meta.is_file():
+        from pipeline.data.snapshot import contained_file
+
         rows = [json.loads(x) for x in meta.read_text().splitlines() if x.strip()]
-        return [EvalItem(Image.open(folder / r["file_name"]).convert("RGB"), (r["text"],),
-                         r["label"], r.get("item_id", r["file_name"])) for r in rows]
+        return [EvalItem(Image.open(contained_file(folder, r["file_name"], where=f"{meta}, line {n}")).convert("RGB"),
+                         (r["text"],), r["label"], r.get("item_id", r["file_name"])) for n, r in enumerate(rows, 1)]
     items = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):

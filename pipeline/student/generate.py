@@ -8,10 +8,12 @@ benchmarked against.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from threading import Lock
 
 import torch
 from PIL import Image
 
+from pipeline.generation import TOKENIZER_LOCK
 from pipeline.student.config import GenerationConfig
 from pipeline.student.decode import LeanDecoder, decode_tokens
 from pipeline.student.model import Student
@@ -28,23 +30,33 @@ def end_ids(student: Student) -> list[int]:
     return [student.layout.end_id, student.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
 
+_BUILD = Lock()  # building a decoder swaps the model's kernels: one build at a time
+
+
 def decoder(student: Student) -> LeanDecoder:
     """The student's lean decoder, built once (it holds references to the weights, not copies,
-    so training steps in between are seen)."""
-    if student.__dict__.get("_decoder") is None:
-        lm = student.lm.get_base_model() if hasattr(student.lm, "get_base_model") else student.lm
-        student.__dict__["_decoder"] = LeanDecoder(lm)
-    return student.__dict__["_decoder"]
+    so training steps in between are seen). It keeps no state of any generation: a cached
+    student is shared by every playground session."""
+    with _BUILD:
+        if student.__dict__.get("_decoder") is None:
+            lm = student.lm.get_base_model() if hasattr(student.lm, "get_base_model") else student.lm
+            student.__dict__["_decoder"] = LeanDecoder(lm)
+        return student.__dict__["_decoder"]
+
+
+def call_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """The random generator of one generation (None: unseeded, torch's global one). Seeded here,
+    not through torch.manual_seed, so a concurrent generation cannot move it."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def _tokens(student: Student, images: list[Image.Image], gc: GenerationConfig, *,
             stop_at_eos: bool = True) -> Iterator[torch.Tensor]:
-    if gc.seed is not None:
-        torch.manual_seed(gc.seed)
     with torch.no_grad():
         embeds = prefill_embeds(student, images)
+    gen = call_generator(gc.seed, embeds.device) if gc.do_sample else None
     yield from decode_tokens(decoder(student), embeds, gc, eos_ids=end_ids(student),
-                             pad_id=student.tokenizer.pad_token_id, stop_at_eos=stop_at_eos)
+                             pad_id=student.tokenizer.pad_token_id, stop_at_eos=stop_at_eos, generator=gen)
 
 
 def generate_ids(student: Student, images: list[Image.Image], *,
@@ -62,7 +74,9 @@ def generate_captions(
     out: list[str] = []
     for s in range(0, len(images), batch_size):
         new = generate_ids(student, images[s:s + batch_size], config=config)
-        out += [t.strip() for t in student.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        with TOKENIZER_LOCK:
+            texts = student.tokenizer.batch_decode(new, skip_special_tokens=True)
+        out += [t.strip() for t in texts]
     return out
 
 
@@ -81,11 +95,13 @@ def stream_caption(
         if int(tok[0]) in eos:
             break
         ids.append(int(tok[0]))
-        text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        with TOKENIZER_LOCK:
+            text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
         if len(text) > len(shown) and not text.endswith("\ufffd"):
             yield text[len(shown):]
             shown = text
-    text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    with TOKENIZER_LOCK:
+        text = student.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
     if len(text) > len(shown):
         yield text[len(shown):]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.snapshot import SnapshotRecord, read_snapshot
+from pipeline.data.snapshot import SnapshotRecord, verify_snapshot
 from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.student import distributed as ddp
 from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -118,6 +118,7 @@ def train(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     show_progress: bool = True,
+    expected_hash: str | None = None,
 ) -> dict:
     """Train (or resume) a student on a snapshot's train split; returns metrics.json's content.
 
@@ -129,7 +130,7 @@ def train(
 
     tc, sc = train_config, student_config
     out_dir = Path(out_dir)
-    snap = read_snapshot(Path(snapshot_dir))
+    snap = verify_snapshot(Path(snapshot_dir), expected_hash=expected_hash)  # refuses an edited or swapped file
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
     if tc.weak_mode != "off" and not snap.weak:

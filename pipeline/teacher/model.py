@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image as PILImage
 
-from pipeline.generation import GenerationConfig
+from pipeline.generation import TOKENIZER_LOCK, GenerationConfig
 from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.tiny import is_tiny_model
 
@@ -167,8 +167,9 @@ def processor_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str
     processor overrides used (default: `processor_params_for(images)`)."""
     proc = processor_params_for(images) if processor_params is None else processor_params
     text = chat_prompt(teacher, prompt)
-    inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
-                               return_tensors="pt", padding=True, **proc)
+    with TOKENIZER_LOCK:  # the processor sets the shared tokenizer's padding
+        inputs = teacher.processor(text=[text] * len(images), images=[[im.convert("RGB")] for im in images],
+                                   return_tensors="pt", padding=True, **proc)
     return dict(inputs), proc
 
 
@@ -181,16 +182,51 @@ def encode_inputs(teacher: Teacher, images: list[PILImage.Image], prompt: str, *
             for k, v in inputs.items()}
 
 
+class _CallSampler:
+    """Draws the next token from the call's own generator and leaves only it for the greedy pick.
+
+    Hugging Face `generate()` samples from torch's global generator, which every concurrent
+    generation (and torch.manual_seed anywhere) moves; this keeps a seeded caption the same when
+    other users generate at the same time."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.nn.functional.softmax(scores.float(), dim=-1)
+        pick = torch.multinomial(probs, num_samples=1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+
+
+def call_generate_kwargs(teacher: Teacher, params: GenerationConfig) -> dict:
+    """`generate()` keyword arguments for one call: greedy as is; sampling through the call's
+    own seeded generator (temperature, top-k, top-p, then the draw), never the global one."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    kw = {**params.generate_kwargs(), "pad_token_id": teacher.processor.tokenizer.pad_token_id}
+    if not params.do_sample:
+        return kw
+    procs = LogitsProcessorList()
+    if params.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k:
+        procs.append(TopKLogitsWarper(top_k=params.top_k, min_tokens_to_keep=1))
+    if params.top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p=params.top_p, min_tokens_to_keep=1))
+    gen = None if params.seed is None else torch.Generator(device=teacher.model.device).manual_seed(params.seed)
+    procs.append(_CallSampler(gen))
+    for knob in ("temperature", "top_p", "top_k"):
+        kw.pop(knob, None)
+    return {**kw, "do_sample": False, "logits_processor": procs}
+
+
 def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: str,
                    params: GenerationConfig) -> tuple[list[str], int]:
     """Captions for one batch (left-padded); returns (texts, new tokens generated)."""
     inputs = encode_inputs(teacher, images, prompt)
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
     try:
         with torch.inference_mode():
-            out = teacher.model.generate(**inputs, **params.generate_kwargs(),
-                                         pad_token_id=teacher.processor.tokenizer.pad_token_id)
+            out = teacher.model.generate(**inputs, **call_generate_kwargs(teacher, params))
     except torch.OutOfMemoryError as exc:
         raise _oom_error(len(images)) from exc
     except RuntimeError as exc:
@@ -198,7 +234,8 @@ def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: st
             raise _oom_error(len(images)) from exc
         raise
     new = out[:, inputs["input_ids"].shape[1]:]
-    texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
+    with TOKENIZER_LOCK:
+        texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
     pad = teacher.processor.tokenizer.pad_token_id
     return [t.strip() for t in texts], int((new != pad).sum())
 

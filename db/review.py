@@ -275,7 +275,7 @@ def _refuse_if_claimed(review: Review, *, reviewer: str, now: datetime) -> None:
         raise ClaimedError(said.format("someone else"), named=said.format(review.claimed_by))
 
 
-def _apply(action, review, draft, caption, reason):  # noqa: ANN001, ANN202
+def _apply(action, review, draft, caption, reason):
     if action == ReviewAction.approve:
         if draft is None:
             raise InvalidActionError("This item has no teacher draft to approve.")

@@ -22,7 +22,7 @@ changes its padding or truncation while another thread encodes or decodes raises
 class LockedDecode:
     """A tokenizer seen through TOKENIZER_LOCK, for streamers that only call `decode`."""
 
-    def __init__(self, tokenizer):  # noqa: ANN001
+    def __init__(self, tokenizer):
         self._tokenizer = tokenizer
 
     def decode(self, *args, **kwargs) -> str:

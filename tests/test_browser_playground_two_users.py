@@ -26,7 +26,7 @@ def world(tmp_path):
     return data, teacher, student
 
 
-def alone(data, teacher_dir, student_dir) -> dict[int, tuple[str, str]]:  # noqa: ANN001
+def alone(data, teacher_dir, student_dir) -> dict[int, tuple[str, str]]:
     """(teacher, student) caption of each seed, computed one at a time in this process."""
     from db.engine import init_store
     from pipeline.generation import GenerationConfig

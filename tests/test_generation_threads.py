@@ -29,7 +29,7 @@ def images():
     return [r.image() for r in cifar20_records()]
 
 
-def _requests(images) -> list:  # noqa: ANN001
+def _requests(images) -> list:
     """(image, settings) of four users: two greedy on different images, two sampled."""
     return [(images[0], GREEDY), (images[7], GREEDY), (images[3], SAMPLED), (images[12], SAMPLED2)]
 

@@ -36,14 +36,14 @@ KEPT = {
 }
 
 
-def submit(engine, actor: Actor, image_id: int, caption: str) -> review.ReviewView:  # noqa: ANN001
+def submit(engine, actor: Actor, image_id: int, caption: str) -> review.ReviewView:
     with session_scope(engine) as s:
         version = get_item(s, image_id=image_id).version
     return review.submit_decision(engine, actor=actor, spec=review.QueueSpec(), image_id=image_id,
                                   expected_version=version, action=ReviewAction.edit_approve, caption=caption)
 
 
-def stored(engine, image_id: int) -> Review:  # noqa: ANN001
+def stored(engine, image_id: int) -> Review:
     with session_scope(engine) as s:
         r = s.get(Review, image_id)
         s.expunge(r)

@@ -33,7 +33,7 @@ def writable(path: Path) -> Path:
     return path
 
 
-def rewrite_rows(snap: Path, split: str, change) -> None:  # noqa: ANN001
+def rewrite_rows(snap: Path, split: str, change) -> None:
     meta = writable(snap / split / "metadata.jsonl")
     rows = [json.loads(x) for x in meta.read_text().splitlines()]
     change(rows)

@@ -15,7 +15,7 @@ SETTINGS_CLASSES = {"Settings", "StoreSettings"}
 EXIT_REFUSED = 2
 
 
-def _settings_error(exc) -> str | None:  # noqa: ANN001 - a pydantic ValidationError
+def _settings_error(exc) -> str | None:
     if getattr(exc, "title", None) not in SETTINGS_CLASSES:
         return None
     parts = []
@@ -65,7 +65,7 @@ def explain(exc: BaseException) -> str | None:
 class FriendlyGroup(TyperGroup):
     """The root command group: turns the failures `explain` knows into one line and exit code 2."""
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):

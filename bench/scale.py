@@ -18,8 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher import build_random_smolvlm
+from teacher import build_random_smolvlm  # bench/teacher.py: python puts the script's folder on sys.path
 
 from db.engine import init_store
 from pipeline.data.sources import ImportSource, import_images

@@ -13,7 +13,7 @@ from db.storefiles import record_opened_files, watch_store_files
 
 
 def _sqlite_file(url: str) -> Path | None:
-    path = url.split("///", 1)[-1] if url.startswith("sqlite") else ""
+    path = url.split("///", 1)[1] if url.startswith("sqlite") and "///" in url else ""
     return Path(path) if path and path != ":memory:" and not path.startswith("file:") else None
 
 

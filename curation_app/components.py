@@ -81,8 +81,8 @@ def reason_label(reason: RejectReason) -> str:
 def damage_page(damage: StoreDamage) -> None:
     """The one page a damaged store gets: what is wrong, the last good backup, what to do; then stop."""
     st.title("The store is damaged")
-    st.error("The studio's database failed its integrity check, so no page is shown: "
-             "decisions made now could be lost.", icon=":material/report:")
+    st.error(f"{damage.headline}, so no page is shown: decisions made now could be lost.",
+             icon=":material/report:")
     st.subheader("What is wrong")
     st.code(f"{damage.store}\n{damage.problem}", language=None, wrap_lines=True)
     st.subheader("Last good backup")

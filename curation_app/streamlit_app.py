@@ -16,7 +16,7 @@ from curation_app.resources import get_engine, get_settings, get_startup_notes, 
 from curation_app.signin import auth_secrets, identity_sidebar, no_role_page, resolve_actor, sign_in_page
 from pipeline.identity import Role
 from pipeline.services.auth import startup_problem
-from pipeline.services.health import store_damage
+from pipeline.services.health import store_damage, store_files_notice
 
 PAGES = [
     (Role.viewer, st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)),
@@ -42,6 +42,10 @@ if problem := startup_problem(settings, address=st.get_option("server.address"),
 if damage := get_store_damage():
     damage_page(damage)  # one clear page instead of pages that render as if all were well
 engine = get_engine()
+if notice := store_files_notice(settings, engine):  # the -wal or the database deleted under the studio
+    if notice.damage:
+        damage_page(notice.damage)
+    st.warning(notice.message, icon=":material/warning:")
 actor = resolve_actor(settings, engine)
 if actor is None:
     pages = [st.Page(partial(sign_in_page, settings, engine), title="Sign in", icon=":material/login:",

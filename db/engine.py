@@ -9,6 +9,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from db.storefiles import record_opened_files, watch_store_files
+
+
+def _sqlite_file(url: str) -> Path | None:
+    path = url.split("///", 1)[1] if url.startswith("sqlite") and "///" in url else ""
+    return Path(path) if path and path != ":memory:" and not path.startswith("file:") else None
+
 
 def _ensure_sqlite_folder(url: str) -> None:
     if url.startswith("sqlite"):
@@ -22,6 +29,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if (path := _sqlite_file(url)) is not None:
+            # before the WAL pragma below: a -wal deleted under this process is rescued first
+            watch_store_files(engine, path)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -34,6 +44,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            record_opened_files(engine, dbapi_conn)
 
         @event.listens_for(engine, "begin")
         def _begin(conn):

@@ -58,6 +58,7 @@ class OpinionState(str, enum.Enum):
     agreed = "agreed"  # both approve the same caption (normalised), or both reject
     disputed = "disputed"  # waits for a curator's adjudication
     adjudicated = "adjudicated"
+    withdrawn = "withdrawn"  # the item went back to review (undone or sent back) while open: nothing to compare
 
 
 class RouteReason(str, enum.Enum):

@@ -37,6 +37,7 @@ from db.models import (
 from db.review import CLAIM_TTL, validate_caption
 
 HELD = (OpinionState.waiting, OpinionState.disputed)  # QC on: these items stay out of an export
+OPEN = HELD  # undoing or sending back the item withdraws these
 
 
 @dataclass(frozen=True)
@@ -113,29 +114,25 @@ def _first_verdict(review: Review, draft: Draft | None) -> Verdict | None:
 def route_decision(session: Session, *, image_id: int, policy: QcPolicy, now: datetime | None = None
                    ) -> SecondOpinion | None:
     """Called after every first decision (and undo) of an item: route it, refresh or withdraw its
-    second opinion. Returns the item's second opinion, if it has one now."""
+    second opinion. Returns the item's second opinion unless it has none or it is withdrawn.
+
+    A withdrawn opinion comes back when the item is decided again: compared anew when it holds a
+    second decision, else routed again as a new item would be (or left withdrawn)."""
     now = now or utcnow()
     review = session.get(Review, image_id)
-    opinion = session.exec(select(SecondOpinion).where(SecondOpinion.image_id == image_id)).first()
     draft = session.get(Draft, review.draft_id) if review.draft_id else None
     verdict = _first_verdict(review, draft)
     if verdict is None or review.reviewer is None:  # undone, skipped or sent back: nothing to compare yet
-        if opinion is not None and opinion.second_verdict is None:
-            session.delete(opinion)
-            session.flush()
+        withdraw_second_opinion(session, image_id=image_id, now=now)
+        return None
+    opinion = session.exec(select(SecondOpinion).where(SecondOpinion.image_id == image_id)).first()
+    if opinion is None or (opinion.state == OpinionState.withdrawn and opinion.second_verdict is None):
+        because = _route_reason(image_id, verdict, policy)
+        if because is None:
             return None
-        return opinion
-    if opinion is None:
-        if not policy.enabled:
-            return None
-        if in_sample(image_id, policy.sample_fraction):
-            because = RouteReason.sample
-        elif policy.route_edited and verdict == Verdict.edit:
-            because = RouteReason.edited
-        else:
-            return None
-        opinion = SecondOpinion(image_id=image_id, routed_because=because, first_reviewer=review.reviewer,
-                                first_verdict=verdict, created_at=now)
+        opinion = opinion or SecondOpinion(image_id=image_id, routed_because=because,
+                                           first_reviewer=review.reviewer, first_verdict=verdict, created_at=now)
+        opinion.routed_because = because
     opinion.first_reviewer, opinion.first_verdict, opinion.draft_id = review.reviewer, verdict, review.draft_id
     opinion.first_caption, opinion.first_reason = review.final_caption, review.reject_reason
     opinion.first_decided_at, opinion.updated_at = review.decided_at or now, now
@@ -143,6 +140,31 @@ def route_decision(session: Session, *, image_id: int, policy: QcPolicy, now: da
         _clear_second(opinion)  # the new first reviewer was its second: it needs someone else
     _settle(opinion)
     opinion.version += 1 if opinion.id is not None else 0
+    session.add(opinion)
+    session.flush()
+    return opinion
+
+
+def _route_reason(image_id: int, verdict: Verdict, policy: QcPolicy) -> RouteReason | None:
+    if not policy.enabled:
+        return None
+    if in_sample(image_id, policy.sample_fraction):
+        return RouteReason.sample
+    if policy.route_edited and verdict == Verdict.edit:
+        return RouteReason.edited
+    return None
+
+
+def withdraw_second_opinion(session: Session, *, image_id: int, now: datetime | None = None
+                            ) -> SecondOpinion | None:
+    """The item went back to review (undone or sent back): an open second opinion (waiting, or a
+    dispute) is closed as withdrawn, never deleted, so no queue offers it; returns it if it was."""
+    opinion = session.exec(select(SecondOpinion).where(SecondOpinion.image_id == image_id,
+                                                       SecondOpinion.state.in_(OPEN))).first()
+    if opinion is None:
+        return None
+    opinion.state, opinion.claimed_by, opinion.claim_expires_at = OpinionState.withdrawn, None, None
+    opinion.updated_at, opinion.version = now or utcnow(), opinion.version + 1
     session.add(opinion)
     session.flush()
     return opinion
@@ -169,7 +191,7 @@ def route_decided(session: Session, *, policy: QcPolicy, now: datetime | None = 
     """Apply the policy to items decided before it was switched on; returns how many were routed."""
     if not policy.enabled:
         return 0
-    routed = select(SecondOpinion.image_id)
+    routed = select(SecondOpinion.image_id).where(SecondOpinion.state != OpinionState.withdrawn)
     ids = session.exec(select(Review.image_id).where(
         Review.state.in_([ReviewState.approved, ReviewState.rejected]), Review.reviewer.is_not(None),
         Review.image_id.not_in(routed)).order_by(Review.image_id)).all()
@@ -305,8 +327,10 @@ def held_approved_counts(session: Session) -> dict[str, int]:
 
 
 def compared(session: Session) -> list[SecondOpinion]:
-    """Every second opinion with both decisions (agreed, disputed or adjudicated)."""
-    return list(session.exec(select(SecondOpinion).where(SecondOpinion.second_verdict.is_not(None))
+    """Every second opinion with both decisions (agreed, disputed or adjudicated; not a withdrawn one,
+    whose first decision no longer stands)."""
+    return list(session.exec(select(SecondOpinion).where(SecondOpinion.second_verdict.is_not(None),
+                                                         SecondOpinion.state != OpinionState.withdrawn)
                              .order_by(SecondOpinion.id)).all())
 
 

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from db import qc
 from db.engine import session_scope
-from db.errors import InvalidActionError
+from db.errors import InvalidActionError, StaleWriteError
 from db.models import (
     Adjudication,
     Image,
@@ -258,8 +258,45 @@ def test_review_service_routes_each_decision_and_undo_withdraws_it(engine):
     assert (opinion.first_reviewer, opinion.first_verdict, opinion.first_caption) == ("ann", Verdict.edit,
                                                                                     "A cat on a wall.")
     review.undo(engine, actor=ann, spec=spec)
+    with session_scope(engine) as s:  # nothing decided, nothing to compare: withdrawn, not deleted
+        [withdrawn] = s.exec(select(SecondOpinion)).all()
+        assert (withdrawn.id, withdrawn.state) == (opinion.id, OpinionState.withdrawn)
+        assert qc.claim_second(s, reviewer="bob") is None
+
+
+@both_backends
+def test_a_dispute_whose_item_goes_back_to_review_leaves_the_adjudication_queue(engine):
+    """Issue 13: sending a disputed item back to review (or undoing it) withdraws its second opinion,
+    kept with its two decisions; deciding the item again compares the new decision with the second."""
+    from pipeline.identity import Actor, Role
+    from pipeline.services import compare, review
+
+    cat, dog = seed_images(engine, {"cat": 1, "dog": 1})
+    for i in (cat, dog):
+        _first(engine, i, "ann")
+        _second(engine, "bob", Verdict.edit, caption=f"A different caption {i}.")
     with session_scope(engine) as s:
-        assert s.exec(select(SecondOpinion)).all() == []  # nothing decided, nothing to compare
+        assert [o.image_id for o in qc.disputed(s)] == [cat, dog]
+        [stale] = [o for o in qc.disputed(s) if o.image_id == cat]
+    sent = compare.send_back(engine, actor=Actor("cur", Role.curator), image_ids=[cat])
+    assert sent.reopened == [cat], sent.message
+    spec = review.QueueSpec(target_per_class=1, qc_default=ALL)
+    ann = Actor("ann", Role.reviewer)
+    review.undo(engine, actor=ann, spec=spec)  # ann's last decision: the dog
+    with session_scope(engine) as s:
+        assert qc.disputed(s) == []  # neither is offered for adjudication any more
+        rows = {o.image_id: o for o in s.exec(select(SecondOpinion)).all()}
+        assert {i: o.state for i, o in rows.items()} == {cat: OpinionState.withdrawn, dog: OpinionState.withdrawn}
+        assert rows[cat].second_caption == f"A different caption {cat}."  # both decisions kept
+        assert qc.held_image_ids(s) == set() and qc.compared(s) == []
+        assert qc.state_counts(s)["withdrawn"] == 2
+        with pytest.raises(StaleWriteError):  # a curator who opened the dispute before it was withdrawn
+            qc.adjudicate(s, opinion_id=stale.id, curator="cur", choice=Adjudication.first,
+                          expected_version=stale.version)
+    _first(engine, cat, "cy", action=ReviewAction.edit_approve, caption=f"A different caption {cat}.")
+    with session_scope(engine) as s:
+        again = s.exec(select(SecondOpinion).where(SecondOpinion.image_id == cat)).one()
+        assert (again.state, again.first_reviewer, again.second_reviewer) == (OpinionState.agreed, "cy", "bob")
 
 
 def test_stats_cli_prints_the_page_numbers_as_json(settings, engine, monkeypatch):

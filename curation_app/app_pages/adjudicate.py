@@ -53,10 +53,10 @@ with st.expander("Quality-control policy", expanded=not view.policy.enabled, ico
               on_click=lambda: _act(lambda e, actor: qc.route_existing(settings, e, actor=actor)))
 
 counts, fig = view.counts, view.figures
-cols = st.columns(7)
+cols = st.columns(8)
 for col, (name, value) in zip(cols, [
         ("waiting", counts["waiting"]), ("agreed", counts["agreed"]), ("disputed", counts["disputed"]),
-        ("adjudicated", counts["adjudicated"]),
+        ("adjudicated", counts["adjudicated"]), ("withdrawn", counts["withdrawn"]),
         ("agreement", "—" if fig.agreement_rate is None else f"{fig.agreement_rate:.0%}"),
         ("kappa", "—" if fig.kappa is None else f"{fig.kappa:.2f}"),
         ("similarity", "—" if fig.mean_similarity is None else f"{fig.mean_similarity:.2f}")]):

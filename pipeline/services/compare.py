@@ -13,6 +13,7 @@ from db.errors import StoreError
 from db.jobs import list_jobs
 from db.lineage import list_snapshot_rows
 from db.models import JobKind, Review, ReviewAction, ReviewState
+from db.qc import withdraw_second_opinion
 from db.review import decide
 from pipeline.identity import Actor, Role, require
 from pipeline.jobs import start_job
@@ -47,7 +48,8 @@ def start_compare(settings: Settings, *, actor: Actor, student_dir: str, snapsho
 
 
 def send_back(engine: Engine, *, actor: Actor, image_ids: list[int]) -> SendBackResult:
-    """Reopen decided items (approved/rejected/skipped) so they return to the review queue."""
+    """Reopen decided items (approved/rejected/skipped) so they return to the review queue; their
+    open second opinions (waiting or disputed) are withdrawn."""
     require(actor, Role.curator, "send items back to review")
     reopened, refused = [], []
     for image_id in image_ids:
@@ -62,6 +64,7 @@ def send_back(engine: Engine, *, actor: Actor, image_ids: list[int]) -> SendBack
                     continue
                 decide(s, image_id=review.image_id, reviewer=actor.name, action=ReviewAction.reopen,
                        expected_version=review.version, note="sent back from batch compare")
+                withdraw_second_opinion(s, image_id=review.image_id)  # out of the adjudication queue
             reopened.append(int(image_id))
         except StoreError as err:
             refused.append(str(err))

@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import MetaData, select, text
 from typer.testing import CliRunner
 
+from db import qc
 from db.catalog import add_image
 from db.engine import make_engine, session_scope
 from db.jobs import create_job, finish_job
@@ -24,7 +25,7 @@ def empty_pg(pg_server):
 
 
 def fill(engine) -> None:
-    """Rows in every table: images, drafts, reviews, events, a job, a snapshot, a student, users."""
+    """Rows in every table: images, drafts, reviews, events, a job, a snapshot, a student, users, QC."""
     ids = seed_images(engine, {"cat": 3, "dog": 2, "ship": 2})
     for k, i in enumerate(ids[:4]):
         with session_scope(engine) as s:
@@ -44,6 +45,10 @@ def fill(engine) -> None:
         register_student(s, path="/x/student-1", snapshot_id="snap-1", metrics={"loss": 0.5})
         add_user(s, name="ann", role="reviewer", password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
         add_user(s, name="lead", role=None)
+        # quality control: a policy and one item routed to a blind second review
+        policy = qc.QcPolicy(enabled=True, sample_fraction=1.0, route_edited=True)
+        qc.set_policy(s, policy=policy, curator="lead")
+        assert qc.route_decision(s, image_id=ids[0], policy=policy) is not None
 
 
 def table_rows(url: str) -> dict[str, list[tuple]]:

@@ -76,7 +76,7 @@ def _click(page, button: str, then: str) -> None:
 
 
 def test_two_reviewers_disagree_and_a_curator_adjudicates(server, screens):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, data = server
     with sync_playwright() as p:
@@ -89,7 +89,8 @@ def test_two_reviewers_disagree_and_a_curator_adjudicates(server, screens):
 
         bob = _signed_in(browser, url, "bob")
         _go(bob, "Second review")
-        assert bob.locator("textarea").first.input_value() == DRAFTS["cat"]  # the draft, not ann's decision
+        # the draft, not ann's decision (waits: under load the box is drawn before its value arrives)
+        expect(bob.locator("textarea").first).to_have_value(DRAFTS["cat"], timeout=30_000)
         bob.screenshot(path=str(screens / "2_bob_second_review_blind.png"), full_page=True)
         bob.locator("textarea").first.fill(BOB_CAT)
         bob.locator("textarea").first.press("Tab")  # commit the text before the click

@@ -49,6 +49,22 @@ class GenerationConfig(JsonConfig):
         check(self.top_k >= 0, "top_k must be >= 0")
         check(self.repetition_penalty > 0, "repetition_penalty must be > 0")
 
+    def sampling_warpers(self) -> list:
+        """The logits warpers `generate()` builds when sampling (temperature, top-k, top-p, in its
+        order); none when greedy. Both lean decoders draw from the warped logits themselves."""
+        if not self.do_sample:
+            return []
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        warpers = []
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k:
+            warpers.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+        return warpers
+
     def generate_kwargs(self) -> dict:
         """Keyword arguments of Hugging Face `generate()` (sampling knobs only when sampling)."""
         kw = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,

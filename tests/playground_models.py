@@ -2,6 +2,7 @@
 them, a tiny teacher and a tiny trained student registered against that snapshot."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from db.engine import session_scope
@@ -70,3 +71,23 @@ def tiny_base(folder: Path, *, init_std: float = 0.02) -> Path:
     """A tiny random Phi-3. init_std ~0.5 lets a frozen random LM head reach confident logits,
     so a few dozen steps of LoRA + projector memorise a handful of captions."""
     return build_tiny_phi3(folder, init_std=init_std)
+
+
+@dataclass(frozen=True)
+class PlaygroundModels:
+    """A store with an exported snapshot, a tiny teacher and a tiny student trained on that snapshot."""
+
+    data: Path
+    ids: dict
+    snapshot_id: str
+    teacher: Path
+    student: Path
+
+
+def playground_models(root: Path) -> PlaygroundModels:
+    """Everything the playground needs, built under `root` (data/, teacher/, base/)."""
+    data = root / "data"
+    ids, snapshot_id = store_with_snapshot(data)
+    teacher = tiny_teacher(root / "teacher")
+    student = train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(root / "base"))
+    return PlaygroundModels(data, ids, snapshot_id, teacher, student)

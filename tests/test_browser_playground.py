@@ -9,10 +9,7 @@ from tests.app_store import BUNDLED, REPO
 from tests.browser import CHROMIUM, LAUNCH_ARGS, needs_chromium, settle, streamlit_server
 from tests.playground_models import (
     approved_caption,
-    store_with_snapshot,
-    tiny_base,
-    tiny_teacher,
-    train_tiny_student,
+    playground_models,
 )
 
 OUT = REPO / "test-output" / "test_browser_playground"
@@ -23,10 +20,8 @@ pytestmark = needs_chromium
 @pytest.fixture
 def server(tmp_path):
     """`streamlit run` over a store with an exported snapshot, a tiny teacher and a tiny student."""
-    data = tmp_path / "data"
-    _, snapshot_id = store_with_snapshot(data)
-    teacher = tiny_teacher(tmp_path / "teacher")
-    train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(tmp_path / "base"))
+    m = playground_models(tmp_path)
+    data, teacher = m.data, m.teacher
     env = {"CAPSTUDIO_DATA_DIR": str(data), "CAPSTUDIO_TEACHER_MODEL": str(teacher)}
     with streamlit_server(env=env, log_path=tmp_path / "streamlit.log") as url:
         yield url

@@ -7,7 +7,7 @@ import pytest
 
 from tests.app_store import REPO
 from tests.browser import CHROMIUM, LAUNCH_ARGS, needs_chromium, settle, streamlit_server
-from tests.playground_models import store_with_snapshot, tiny_base, tiny_teacher, train_tiny_student
+from tests.playground_models import playground_models
 
 OUT = REPO / "test-output" / "test_browser_playground_two_users"
 EXAMPLE = "cat/cat_0000.png"  # the page's default input
@@ -19,11 +19,8 @@ pytestmark = needs_chromium
 
 @pytest.fixture
 def world(tmp_path):
-    data = tmp_path / "data"
-    _, snapshot_id = store_with_snapshot(data)
-    teacher = tiny_teacher(tmp_path / "teacher")
-    student = train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(tmp_path / "base"))
-    return data, teacher, student
+    m = playground_models(tmp_path)
+    return m.data, m.teacher, m.student
 
 
 def alone(data, teacher_dir, student_dir) -> dict[int, tuple[str, str]]:

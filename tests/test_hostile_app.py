@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import func
 from sqlmodel import select
 from typer.testing import CliRunner
 
@@ -21,16 +20,11 @@ from db.catalog import add_draft
 from db.engine import session_scope
 from db.jobs import create_job, mark_job_running, update_progress
 from db.models import (
-    Draft,
     Image,
-    Job,
     JobKind,
     Review,
     ReviewAction,
-    ReviewEvent,
     ReviewState,
-    SnapshotRecordRow,
-    Student,
 )
 from db.review import decide, get_item
 from pipeline.cli import app as cli_app
@@ -45,7 +39,7 @@ from pipeline.services.jobs import start_caption_job
 from pipeline.services.playground import open_playground
 from pipeline.settings import Settings
 from tests.app_store import BUNDLED, app_for, engine_for, fill_store
-from tests.hostile import EVIL, HOSTILE, HOSTILE_FILE, HOSTILE_LABEL, HOSTILE_NAME
+from tests.hostile import EVIL, HOSTILE, HOSTILE_FILE, HOSTILE_LABEL, HOSTILE_NAME, store_fingerprint
 from tests.test_import_hostile import png_claiming, sixteen_bit_png
 
 CURATOR = Actor("cora", Role.curator)
@@ -75,16 +69,8 @@ class World:
 
 
 def fingerprint(w: World) -> tuple:
-    """Everything a hostile input must leave alone: row counts, review states, exports, guidelines."""
-    with session_scope(w.engine) as s:
-        counts = tuple(s.exec(select(func.count()).select_from(m)).one()
-                       for m in (Image, Draft, Review, ReviewEvent, Job, SnapshotRecordRow, Student))
-        reviews = tuple(sorted((r.image_id, r.state.value, r.final_caption, r.version)
-                               for r in s.exec(select(Review)).all()))
-    exports = w.settings.exports_dir
-    files = tuple(sorted((p.relative_to(exports).as_posix(), p.stat().st_size)
-                         for p in exports.rglob("*") if p.is_file()))
-    return counts, reviews, files, read_guidelines(w.settings)
+    """Everything a hostile input must leave alone: the store, exports and the guidelines."""
+    return store_fingerprint(w.engine, w.settings.exports_dir), read_guidelines(w.settings)
 
 
 @pytest.fixture

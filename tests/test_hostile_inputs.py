@@ -4,7 +4,6 @@ service a user reaches, each with the message the user must see, and each leavin
 the exports exactly as they were."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,18 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import func
-from sqlmodel import select
 from typer.testing import CliRunner
 
 from db.engine import session_scope
-from db.models import Job, Review, ReviewAction, ReviewEvent, SnapshotRecordRow, Student
+from db.models import ReviewAction
 from db.review import get_item
 from pipeline.data.export import export_snapshot
 from pipeline.identity import Actor, Role
 from pipeline.services import review
 from pipeline.settings import Settings
 from tests.app_store import engine_for, fill_store
+from tests.hostile import store_fingerprint
 from tests.playground_models import approve_all
 
 
@@ -62,13 +60,7 @@ def world(template, tmp_path) -> World:
 
 def fingerprint(w: World) -> tuple:
     """Every decision, event, job, registered snapshot and student, and every byte under exports/."""
-    with session_scope(w.engine) as s:
-        reviews = sorted((r.image_id, r.state.value, r.final_caption, r.version) for r in s.exec(select(Review)))
-        counts = [s.exec(select(func.count()).select_from(t)).one()
-                  for t in (ReviewEvent, Job, SnapshotRecordRow, Student)]
-    files = sorted((p.relative_to(w.data).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
-                   for p in (w.data / "exports").rglob("*") if p.is_file())
-    return reviews, counts, files
+    return store_fingerprint(w.engine, w.data / "exports")
 
 
 # --- the ways in -------------------------------------------------------------------------------

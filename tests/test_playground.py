@@ -26,10 +26,7 @@ from pipeline.teacher.model import caption_one
 from tests.app_store import BUNDLED, engine_for
 from tests.playground_models import (
     approved_caption,
-    store_with_snapshot,
-    tiny_base,
-    tiny_teacher,
-    train_tiny_student,
+    playground_models,
 )
 
 GREEDY = GenerationConfig(max_new_tokens=8, repetition_penalty=1.0)
@@ -38,10 +35,8 @@ GREEDY = GenerationConfig(max_new_tokens=8, repetition_penalty=1.0)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("pg")
-    data = root / "data"
-    ids, snapshot_id = store_with_snapshot(data)
-    teacher_dir = tiny_teacher(root / "teacher")
-    student_dir = train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(root / "base"))
+    m = playground_models(root)
+    data, ids, snapshot_id, teacher_dir, student_dir = m.data, m.ids, m.snapshot_id, m.teacher, m.student
     engine = engine_for(data)
     settings = Settings(data_dir=data, teacher_model=str(teacher_dir), _env_file=None)
     yield {"settings": settings, "engine": engine, "ids": ids, "snapshot_id": snapshot_id,

@@ -13,10 +13,7 @@ from PIL import Image
 from tests.app_store import BUNDLED, app_for
 from tests.playground_models import (
     approved_caption,
-    store_with_snapshot,
-    tiny_base,
-    tiny_teacher,
-    train_tiny_student,
+    playground_models,
 )
 
 PAGE = "app_pages/playground.py"
@@ -25,11 +22,8 @@ PAGE = "app_pages/playground.py"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("pgapp")
-    data = root / "data"
-    ids, snapshot_id = store_with_snapshot(data)
-    teacher = tiny_teacher(root / "teacher")
-    train_tiny_student(data, snapshot_id=snapshot_id, base=tiny_base(root / "base"))
-    return {"data": data, "teacher": teacher, "ids": ids, "snapshot_id": snapshot_id, "root": root}
+    m = playground_models(root)
+    return {"data": m.data, "teacher": m.teacher, "ids": m.ids, "snapshot_id": m.snapshot_id, "root": root}
 
 
 def _open(world, monkeypatch, *, teacher=None, data=None):

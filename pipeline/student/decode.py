@@ -241,24 +241,12 @@ class LeanDecoder:
 
 def logits_processors(gc: GenerationConfig):
     """The processors `generate()` would build from these settings, in its order."""
-    from transformers import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     procs = LogitsProcessorList()
     if gc.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(penalty=gc.repetition_penalty))
-    if gc.do_sample:
-        if gc.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(gc.temperature))
-        if gc.top_k:
-            procs.append(TopKLogitsWarper(top_k=gc.top_k, min_tokens_to_keep=1))
-        if gc.top_p < 1.0:
-            procs.append(TopPLogitsWarper(top_p=gc.top_p, min_tokens_to_keep=1))
+    procs.extend(gc.sampling_warpers())
     return procs
 
 

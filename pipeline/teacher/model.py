@@ -201,18 +201,12 @@ class _CallSampler:
 def call_generate_kwargs(teacher: Teacher, params: GenerationConfig) -> dict:
     """`generate()` keyword arguments for one call: greedy as is; sampling through the call's
     own seeded generator (temperature, top-k, top-p, then the draw), never the global one."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import LogitsProcessorList
 
     kw = {**params.generate_kwargs(), "pad_token_id": teacher.processor.tokenizer.pad_token_id}
     if not params.do_sample:
         return kw
-    procs = LogitsProcessorList()
-    if params.temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(params.temperature))
-    if params.top_k:
-        procs.append(TopKLogitsWarper(top_k=params.top_k, min_tokens_to_keep=1))
-    if params.top_p < 1.0:
-        procs.append(TopPLogitsWarper(top_p=params.top_p, min_tokens_to_keep=1))
+    procs = LogitsProcessorList(params.sampling_warpers())
     gen = None if params.seed is None else torch.Generator(device=teacher.model.device).manual_seed(params.seed)
     procs.append(_CallSampler(gen))
     for knob in ("temperature", "top_p", "top_k"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -102,15 +103,18 @@ def claim_next(
     flag: str | None = None,
     now: datetime | None = None,
     ttl: timedelta = CLAIM_TTL,
+    exclude: Collection[int] = (),
 ) -> ReviewItem | None:
-    """Claim the next item for `reviewer` (their own live claim first); None when done."""
+    """Claim the next item for `reviewer` (their own live claim first, other than the `exclude` ids they
+    already hold in hand, e.g. prefetched by the review card); None when done."""
     now = now or utcnow()
-    own = session.exec(
-        select(Review).where(
-            Review.claimed_by == reviewer, Review.claim_expires_at > now,
-            Review.state == ReviewState.pending, Review.draft_id.is_not(None),
-        )
-    ).first()
+    own_query = select(Review).where(
+        Review.claimed_by == reviewer, Review.claim_expires_at > now,
+        Review.state == ReviewState.pending, Review.draft_id.is_not(None),
+    )
+    if exclude:
+        own_query = own_query.where(Review.image_id.not_in(list(exclude)))
+    own = session.exec(own_query).first()
     review = own or _next_free(session, order=order, targets=targets, label=label, flag=flag, now=now)
     if review is None:
         return None

@@ -25,6 +25,13 @@ class JobBackend(str, enum.Enum):
     ray = "ray"
 
 
+class ReviewCard(str, enum.Enum):
+    """How the Review page shows the item in hand (curation_app/app_pages/review.py)."""
+
+    browser = "browser"  # keys handled in the browser, the next items preloaded, decisions sent in order
+    streamlit = "streamlit"  # Streamlit widgets: each key is a script run (in an st.fragment)
+
+
 class Settings(StoreSettings):
     teacher_model: str = DEFAULT_TEACHER
     """Hub id or local folder of the SmolVLM teacher."""
@@ -71,6 +78,11 @@ class Settings(StoreSettings):
     (on this machine a job is interrupted as soon as its process is gone)."""
     import_dir: Path | None = None
     """The only folder the app (Jobs page) imports images from; unset: <data_dir>/imports."""
+    review_card: ReviewCard = ReviewCard.browser
+    """'browser': the review card runs in the browser (instant next item, prefetched); 'streamlit': plain
+    Streamlit widgets, one script run per key (slower, but every control is a native widget)."""
+    review_prefetch: int = 8
+    """Items the browser review card holds claimed and preloaded beyond the one shown."""
     qc_enabled: bool = False
     """Blind second review on (until a curator sets the policy on the Adjudicate page)."""
     qc_sample_fraction: float = 0.2

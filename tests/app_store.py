@@ -51,8 +51,10 @@ def app_for(data_dir: Path, monkeypatch, *, reviewer: str | None = "ann", role: 
             mode: AuthMode = AuthMode.password) -> AppTest:
     """An AppTest of the whole app on the store in `data_dir`. In password mode with a `reviewer`:
     that account exists with `role` and has signed in (what the sign-in form leaves behind); with
-    no reviewer nobody has signed in yet. In local mode the OS user is the admin."""
+    no reviewer nobody has signed in yet. In local mode the OS user is the admin. The Review page shows its
+    Streamlit-widget card (AppTest runs no JavaScript: the browser card is tested in Chromium)."""
     monkeypatch.setenv("CAPSTUDIO_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CAPSTUDIO_REVIEW_CARD", "streamlit")
     monkeypatch.setenv("CAPSTUDIO_AUTH_MODE", mode.value)
     monkeypatch.delenv("CAPSTUDIO_DATABASE_URL", raising=False)
     st.cache_resource.clear()

@@ -32,7 +32,7 @@ from sqlmodel import func, select  # noqa: E402
 
 from bench.store import percentiles, seed  # noqa: E402
 from db.engine import init_store, session_scope  # noqa: E402
-from db.models import ReviewAction, ReviewEvent  # noqa: E402
+from db.models import Image, ReviewAction, ReviewEvent  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,6 +46,7 @@ SHOWN = {
         if (!c) return null; const img = c.querySelector('.cap-img'), t = c.querySelector('.cap-caption');
         return {id: c.dataset.item || '', caption: t.value, src: img.getAttribute('src') || '',
                 img: img.complete && img.naturalWidth > 0, pending: Number(c.dataset.pending || 0),
+                queued: Number(c.dataset.queued || 0),
                 errors: c.querySelectorAll('.cap-error').length}; }""",
     "streamlit": """() => { const cap = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
           .map(e => /^Item (\\d+) ·/.exec(e.textContent)).find(Boolean);
@@ -53,7 +54,7 @@ SHOWN = {
         const t = document.querySelector(`[class*="st-key-caption-${id}-"] textarea`);
         const img = document.querySelector('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img');
         return {id, caption: t ? t.value : '', src: img ? img.getAttribute('src') : '',
-                img: !!img && img.complete && img.naturalWidth > 0, pending: 0, errors: 0}; }""",
+                img: !!img && img.complete && img.naturalWidth > 0, pending: 0, queued: 1, errors: 0}; }""",
 }
 
 
@@ -118,7 +119,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
     reviewer = getpass.getuser() or "local"  # local mode signs in the person at this machine
     done: list[tuple[int, str]] = []
     times: dict[str, list[float]] = {}
-    no_next = 0
+    no_next = stalls = 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -129,6 +130,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
         page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=60_000)
         for action in plan(decisions, card):
             before = page.evaluate(f"({SHOWN[card]})()")
+            stalls += before["queued"] < 2  # nothing preloaded behind this item: the next comes from the server
             press(page, card, action, before["caption"])
             ms = wait_next(page, card, before, timeout_ms=10_000)
             done.append((int(before["id"]), action))
@@ -157,6 +159,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
             "recorded_as_pressed": stored == pressed,
             "lost_decisions": len(pressed) - len(stored) - refused,
             "visibly_refused": refused, "presses_without_next_item": no_next,
+            "presses_with_nothing_preloaded": stalls,
             "latency_ms": percentiles(every) if len(every) > 1 else None,
             "latency_p50_ms_by_action": {a: round(sorted(ts)[len(ts) // 2], 1) for a, ts in times.items()}}
 
@@ -188,7 +191,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="items to seed")
     parser.add_argument("--decisions", type=int, default=200, help="decisions pressed per card")
     parser.add_argument("--cards", default="browser,streamlit", help="which cards to measure, in order")
-    parser.add_argument("--data-dir", type=Path, default=None, help="keep the store here (default: temp)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the store here (default: temp); an existing store there is reused")
     args = parser.parse_args()
     from pipeline.hardware import describe_cpu
 
@@ -198,9 +202,14 @@ def main() -> None:
     try:
         store_url = f"sqlite:///{(data_dir / 'studio.db').resolve()}"
         engine = init_store(store_url)
-        t0 = time.perf_counter()
-        seed(engine, n=args.n)
-        out["seed_s"] = round(time.perf_counter() - t0, 1)
+        with session_scope(engine) as s:
+            have = s.exec(select(func.count()).select_from(Image)).one()
+        if have == 0:
+            t0 = time.perf_counter()
+            seed(engine, n=args.n)
+            out["seed_s"] = round(time.perf_counter() - t0, 1)
+        else:  # a store kept by --data-dir: reviewed on from where the last run left it
+            out["items"], out["reused_store"] = have, True
         engine.dispose()
         for card in args.cards.split(","):
             engine = init_store(store_url)

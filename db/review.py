@@ -340,6 +340,17 @@ def undo_last(session: Session, *, reviewer: str, now: datetime | None = None) -
     return review
 
 
+def held_versions(session: Session, *, reviewer: str, image_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """{image_id: (version, draft_id)} of those items `reviewer` still holds claimed and undecided (one
+    query): an item read earlier with the same pair is unchanged (a new teacher draft changes draft_id)."""
+    if not image_ids:
+        return {}
+    rows = session.exec(select(Review.image_id, Review.version, Review.draft_id).where(
+        Review.image_id.in_(list(image_ids)), Review.claimed_by == reviewer,
+        Review.state.in_([ReviewState.pending, ReviewState.skipped]))).all()
+    return {image_id: (version, draft_id) for image_id, version, draft_id in rows}
+
+
 def release_claims(session: Session, *, reviewer: str) -> int:
     """Drop every claim a reviewer holds (e.g. when they change their name)."""
     rows = session.exec(select(Review).where(Review.claimed_by == reviewer)).all()

@@ -107,3 +107,21 @@ def test_an_item_opened_from_browse_comes_first(engine):
         wanted = s.exec(select(Review.image_id).where(Review.claimed_by.is_(None))).first()
     view = studio.card_view(engine, actor=ANN, spec=studio.QueueSpec(), queue=queue, count=4, image_id=wanted)
     assert [i.image_id for i in view.items] == [wanted, *before] and view.message is None  # the rest stay in hand
+
+
+def test_an_item_in_hand_is_read_again_when_it_changed(engine):
+    from db.catalog import add_draft
+
+    queue = studio.CardQueue()
+    a, b, _, _ = _hand(engine, queue)
+    with session_scope(engine) as s:
+        add_draft(s, image_id=a.image_id, text="A newer draft of this image.", model_id="t2", prompt="Describe it.")
+    with session_scope(engine) as s:  # b's claim ran out and bob skipped it: no longer in ann's hand
+        row = s.get(Review, b.image_id)
+        row.claimed_by = None
+        s.add(row)
+    with session_scope(engine) as s:
+        decide(s, image_id=b.image_id, reviewer="bob", action=ReviewAction.skip, expected_version=b.version)
+    items = _hand(engine, queue)
+    assert items[0].image_id == a.image_id and items[0].draft_text == "A newer draft of this image."
+    assert b.image_id not in [i.image_id for i in items] and len(items) == 4

@@ -189,6 +189,7 @@ function render(S) {
     }
   }
   ui.card.dataset.pending = String(S.pending.length);
+  ui.card.dataset.queued = String(queue.length);  // the item shown and those preloaded behind it
   for (const next of queue.slice(1, 6)) {  // decode the next images now, so showing them costs nothing
     if (!S.preload.has(next.id)) { const im = new Image(); im.src = next.png; S.preload.set(next.id, im); }
   }

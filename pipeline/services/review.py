@@ -18,9 +18,19 @@ from sqlmodel import Session
 
 from db.engine import session_scope
 from db.errors import StoreError
-from db.models import RejectReason, ReviewAction, ReviewState
+from db.models import RejectReason, ReviewAction
 from db.qc import QcPolicy, get_policy, route_decision
-from db.review import QueueOrder, ReviewItem, claim_item, claim_next, decide, get_item, release_claims, undo_last
+from db.review import (
+    QueueOrder,
+    ReviewItem,
+    claim_item,
+    claim_next,
+    decide,
+    get_item,
+    held_versions,
+    release_claims,
+    undo_last,
+)
 from pipeline.classes import CLASSES
 from pipeline.data.images import upscale_png
 from pipeline.identity import Actor, Role, require
@@ -200,6 +210,7 @@ class CardQueue:
     results: list[CardResult] = field(default_factory=list)
     hand: list[int] = field(default_factory=list)
     keep_results: int = 30
+    seen: dict[int, ReviewItem] = field(default_factory=dict)  # the items in hand as last read (by id)
 
 
 @dataclass(frozen=True)
@@ -276,11 +287,12 @@ def card_view(engine: Engine, *, actor: Actor, spec: QueueSpec, queue: CardQueue
         except StoreError as err:
             message = _said(err, actor)
     with session_scope(engine) as s:
+        held = held_versions(s, reviewer=actor.name, image_ids=queue.hand)  # one query, not one per item
         items = []
-        for image_id in queue.hand:
-            item = get_item(s, image_id=image_id)
-            if item.claimed_by == actor.name and item.state in (ReviewState.pending, ReviewState.skipped):
-                items.append(item)
+        for image_id in (i for i in queue.hand if i in held):
+            seen = queue.seen.get(image_id)
+            fresh_enough = seen is not None and (seen.version, seen.draft_id) == held[image_id]
+            items.append(seen if fresh_enough else get_item(s, image_id=image_id))
         while len(items) < count:
             item = claim_next(s, reviewer=actor.name, order=spec.order, targets=spec.targets, label=spec.label,
                               flag=spec.flag, exclude=[i.image_id for i in items])
@@ -288,6 +300,7 @@ def card_view(engine: Engine, *, actor: Actor, spec: QueueSpec, queue: CardQueue
                 break
             items.append(item)
         queue.hand = [i.image_id for i in items]
+        queue.seen = {i.image_id: i for i in items}
         return CardView(items=items, progress=progress(s, targets=spec.targets), message=message)
 
 

@@ -81,8 +81,9 @@ class Settings(StoreSettings):
     review_card: ReviewCard = ReviewCard.browser
     """'browser': the review card runs in the browser (instant next item, prefetched); 'streamlit': plain
     Streamlit widgets, one script run per key (slower, but every control is a native widget)."""
-    review_prefetch: int = 8
-    """Items the browser review card holds claimed and preloaded beyond the one shown."""
+    review_prefetch: int = 16
+    """Items the browser review card holds claimed and preloaded beyond the one shown (enough that a fast
+    reviewer rarely waits for the server; they are claimed for CLAIM_TTL, so nobody else gets them meanwhile)."""
     qc_enabled: bool = False
     """Blind second review on (until a curator sets the policy on the Adjudicate page)."""
     qc_sample_fraction: float = 0.2

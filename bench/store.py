@@ -1,5 +1,6 @@
 """Store benchmark: 100,000 reviewable items, then approve-and-fetch-next latency and the review
-page's script run time (Streamlit AppTest). Prints one JSON line with the figures.
+page's script run time (Streamlit AppTest, the Streamlit-widget card; bench/review_browser.py measures
+the browser card in Chromium). Prints one JSON line with the figures.
 
 Run: `python bench/store.py [--n 100000] [--iters 300] [--page-runs 10] [--data-dir DIR]`
 (targets: p95 <= 20 ms for approve-and-fetch-next, <= 300 ms for a review page run).
@@ -120,6 +121,7 @@ def bench_page(data_dir: Path, *, runs: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     os.environ["CAPSTUDIO_DATA_DIR"] = str(data_dir)
+    os.environ["CAPSTUDIO_REVIEW_CARD"] = "streamlit"  # AppTest clicks widgets; the browser card is JS
     os.environ.pop("CAPSTUDIO_DATABASE_URL", None)
     st.cache_resource.clear()
     at = AppTest.from_file(str(REVIEW_PAGE), default_timeout=60)

@@ -159,7 +159,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
             "recorded_as_pressed": stored == pressed,
             "lost_decisions": len(pressed) - len(stored) - refused,
             "visibly_refused": refused, "presses_without_next_item": no_next,
-            "presses_with_nothing_preloaded": stalls,
+            "presses_with_nothing_preloaded": stalls if card == "browser" else None,
             "latency_ms": percentiles(every) if len(every) > 1 else None,
             "latency_p50_ms_by_action": {a: round(sorted(ts)[len(ts) // 2], 1) for a, ts in times.items()}}
 

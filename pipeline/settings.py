@@ -128,5 +128,12 @@ class Settings(StoreSettings):
             return value
         raise ValueError("not a device; use auto, cpu, cuda (or cuda:N) or mps")
 
+    @field_validator("review_prefetch")
+    @classmethod
+    def _a_prefetch(cls, value: int) -> int:
+        if 0 <= value <= 100:
+            return value
+        raise ValueError("items preloaded by the review card: 0 to 100")
+
     def resolved_device(self) -> str:
         return resolve_device(self.device)

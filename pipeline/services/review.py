@@ -209,7 +209,7 @@ class CardQueue:
     acked: dict[str, int] = field(default_factory=dict)
     results: list[CardResult] = field(default_factory=list)
     hand: list[int] = field(default_factory=list)
-    keep_results: int = 30
+    keep_results: int = 100  # more than one rerun can apply (the hand plus an undo), so none is missed
     seen: dict[int, ReviewItem] = field(default_factory=dict)  # the items in hand as last read (by id)
 
 

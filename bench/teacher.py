@@ -42,7 +42,6 @@ from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 
 BUNDLED = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "cifar10"
 TARGET = 50.0
-NAIVE_IMAGES = 2  # one naive image costs about as much as 20-50 default ones
 EXTRA = {  # name -> (dtype or None for the default's, batch size or None for the default's)
     "bs16_default": (None, 16),
     "bs32_default": (None, 32),
@@ -160,7 +159,7 @@ def machine() -> dict:
 def run_row(name: str, plan: CaptionPlan, images: list, *, one_tile: bool, params, folder: Path,
             reference: list | None = None) -> tuple[dict, list, Teacher]:
     teacher = load_teacher(str(folder), device=plan.device, dtype=plan.dtype)
-    caption_timed(teacher, images[:1], batch=1, one_tile=one_tile, params=replace(params, max_new_tokens=2))
+    caption_timed(teacher, images[:1], batch=1, one_tile=True, params=replace(params, max_new_tokens=2))  # warm-up
     secs, cpu_secs, ids = caption_timed(teacher, images, batch=plan.batch_size, one_tile=one_tile, params=params)
     row = {"setting": name, "dtype": plan.dtype, "batch": plan.batch_size, "one_tile": one_tile,
            "images": len(images), "new_tokens": params.max_new_tokens, "seconds": round(secs, 2),
@@ -185,6 +184,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/smolvlm-256m-random"))
     ap.add_argument("--new-tokens", type=int, default=30)
     ap.add_argument("--images", type=int, default=16, help="images for the default row (and extras)")
+    ap.add_argument("--naive-images", type=int, default=2,
+                    help="images for the naive row (each costs 20-50 default ones)")
     ap.add_argument("--profile", action="store_true", help="also print the default row's time per stage")
     ap.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA), help="candidate rows")
     args = ap.parse_args()
@@ -192,13 +193,14 @@ def main() -> None:
     params = replace(TEACHER_GENERATION, max_new_tokens=args.new_tokens)
     labels = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir())
     pool = [PILImage.open(BUNDLED / lab / f"{lab}_{i:04d}.png").convert("RGB")
-            for i in range(max(1, -(-args.images // len(labels)))) for lab in labels][:args.images]
+            for i in range(max(1, -(-max(args.images, args.naive_images) // len(labels)))) for lab in labels]
     print(json.dumps(machine()), flush=True)
-    naive, _, teacher = run_row("naive_fp32_defaults_bs1", naive_plan(), pool[:NAIVE_IMAGES], one_tile=False,
+    naive, _, teacher = run_row("naive_fp32_defaults_bs1", naive_plan(), pool[:args.naive_images], one_tile=False,
                                 params=params, folder=folder)
     del teacher
     print(json.dumps(naive), flush=True)
     plan = default_plan()
+    pool = pool[:args.images]
     default, ref, teacher = run_row("default", plan, pool, one_tile=True, params=params, folder=folder)
     print(json.dumps(default), flush=True)
     if args.profile:

@@ -62,25 +62,28 @@ def test_job_options_override_the_plan():
         job_plan(Settings(), device="cpu", dtype="fp8")
 
 
-def _exact_captions(teacher, images: list[PILImage.Image]) -> list[str]:
-    """The reference: the processor and `generate()` as documented, one image at a time."""
+def _exact_captions(folder, dtype: str, images: list[PILImage.Image]) -> list[str]:
+    """The reference, loaded and run apart from pipeline/teacher/model.py: the processor and
+    `generate()` as documented (sdpa, one 512-px tile, greedy), one image at a time."""
     import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=getattr(torch, dtype),
+                                                        attn_implementation="sdpa").eval()
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]}],
+        add_generation_prompt=True)
     texts = []
     for image in images:
-        prompt = teacher.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]}],
-            add_generation_prompt=True)
-        inputs = teacher.processor(text=[prompt], images=[[image]], return_tensors="pt",
-                                   do_image_splitting=False, size={"longest_edge": 512})
-        inputs["pixel_values"] = inputs["pixel_values"].to(teacher.model.dtype)
+        inputs = processor(text=[prompt], images=[[image]], return_tensors="pt",
+                           do_image_splitting=False, size={"longest_edge": 512})
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with torch.inference_mode():
-            out = teacher.model.generate(**inputs, max_new_tokens=TEACHER_GENERATION.max_new_tokens,
-                                         do_sample=False,
-                                         repetition_penalty=TEACHER_GENERATION.repetition_penalty,
-                                         pad_token_id=teacher.processor.tokenizer.pad_token_id)
-        texts.append(teacher.processor.decode(out[0, inputs["input_ids"].shape[1]:],
-                                              skip_special_tokens=True).strip())
+            out = model.generate(**inputs, max_new_tokens=TEACHER_GENERATION.max_new_tokens, do_sample=False,
+                                 repetition_penalty=TEACHER_GENERATION.repetition_penalty,
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        texts.append(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     return texts
 
 
@@ -96,7 +99,7 @@ def test_the_default_path_writes_the_exact_paths_greedy_captions(tmp_path):
     try:
         teacher = load_teacher(str(folder), device=plan.device, dtype=plan.dtype)
         default = caption_images(teacher, images, batch_size=plan.batch_size)
-        exact = _exact_captions(teacher, images)
+        exact = _exact_captions(folder, plan.dtype, images)
     finally:
         torch.set_num_threads(before)
     assert len(default) == len(images) == 10 and len(set(default)) > 1

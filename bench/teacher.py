@@ -1,7 +1,7 @@
 """Teacher throughput on this CPU: the naive path against the default captioning path, on a
 full-size random-weight SmolVLM-256M (no weights needed: the real config.json, random init).
 
-Run: `python bench/teacher.py [--images 16] [--new-tokens 30] [--profile] [--extra bs16_default ...]`.
+Run: `python bench/teacher.py [--images 16] [--new-tokens 30] [--no-profile] [--extra bs16_default ...]`.
 Prints one JSON line describing the machine (CPU path, load), one per row (images/s), and last
 `ratio: N (target ...)`: default row over naive row.
 
@@ -186,7 +186,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16, help="images for the default row (and extras)")
     ap.add_argument("--naive-images", type=int, default=2,
                     help="images for the naive row (each costs 20-50 default ones)")
-    ap.add_argument("--profile", action="store_true", help="also print the default row's time per stage")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="print the default row's time shares per stage (what bounds the ratio)")
     ap.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA), help="candidate rows")
     args = ap.parse_args()
     folder = build_random_smolvlm(args.out)

@@ -41,7 +41,7 @@ def _cpu(monkeypatch, text: str) -> None:
 def test_the_bench_default_row_runs_the_jobs_own_choices(monkeypatch, cpuinfo, dtype):
     _cpu(monkeypatch, cpuinfo)
     bench = _bench()
-    assert bench.default_plan() == job_plan(Settings(), device="cpu") == CaptionPlan("cpu", dtype, 8)
+    assert bench.default_plan() == job_plan(Settings(), device="cpu") == CaptionPlan("cpu", dtype, 16)
     monkeypatch.setenv("CAPSTUDIO_BATCH_SIZE", "3")  # the job's setting moves the bench's row with it
     assert bench.default_plan() == job_plan(Settings(), device="cpu") == CaptionPlan("cpu", dtype, 3)
     assert bench.naive_plan() == CaptionPlan("cpu", "float32", 1)

@@ -20,6 +20,7 @@ from pipeline.generation import GenerationConfig
 from pipeline.settings import Settings
 from pipeline.teacher.flags import flags_for_draft
 from pipeline.teacher.model import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_PROMPT,
     TEACHER_GENERATION,
     CaptionPlan,
@@ -46,7 +47,7 @@ class CaptionRequest:
     """The captioning instruction given to the teacher with each image."""
     params: GenerationConfig = TEACHER_GENERATION
     """Decoding settings."""
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Images per generation batch (and per commit)."""
     limit: int | None = None
     """Caption at most this many images in this run."""

@@ -19,13 +19,14 @@ from PIL import Image as PILImage
 
 from pipeline.generation import TOKENIZER_LOCK, GenerationConfig
 from pipeline.hardware import cpu_has_bf16, resolve_device
+from pipeline.settings import TEACHER_BATCH_SIZE
 from pipeline.tiny import is_tiny_model
 
 DEFAULT_PROMPT = "Can you describe this image? Answer in one or two sentences."
 SINGLE_TILE_EDGE = 512  # images no larger than this are one 512-px tile: 64 image tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY_COMMAND = "python -m pipeline build-tiny teacher <folder>"
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = TEACHER_BATCH_SIZE
 """Images per generation batch on the default path (CAPSTUDIO_BATCH_SIZE overrides it)."""
 
 

@@ -43,6 +43,7 @@ from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 BUNDLED = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "cifar10"
 TARGET = 50.0
 EXTRA = {  # name -> (dtype or None for the default's, batch size or None for the default's)
+    "bs8_default": (None, 8),
     "bs16_default": (None, 16),
     "bs32_default": (None, 32),
     "fp32_default": ("float32", None),

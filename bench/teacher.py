@@ -1,31 +1,54 @@
-"""Teacher throughput on this machine: a full-size random-weight SmolVLM-256M, four settings.
+"""Teacher throughput on this CPU: the naive path against the default captioning path, on a
+full-size random-weight SmolVLM-256M (no weights needed: the real config.json, random init).
 
-Run: `python bench/teacher.py [--out /tmp/smolvlm-random] [--new-tokens 30]`; prints one JSON line
-per setting (images/s) plus one describing the machine. No weights are needed: the model is
-built from the real config.json with random init, so speed (not text) is what it measures.
+Run: `python bench/teacher.py [--images 16] [--new-tokens 30] [--no-profile] [--extra bs16_default ...]`.
+Prints one JSON line describing the machine (CPU path, load), one per row (images/s), and last
+`ratio: N (target ...)`: default row over naive row.
+
+- naive: processor defaults (a 32-px image becomes 16 tiles + a global view, 1,088 image tokens),
+  fp32, one image at a time.
+- default: exactly what `python -m pipeline caption` picks on this machine
+  (`pipeline.teacher.drafting.job_plan`: bf16 only on CPUs with native bf16, else fp32; the
+  configured batch size; one 512-px tile for small images), decoded by the same `generate_ids`.
+- extra rows (`--extra NAME ...`, see EXTRA): candidate settings, each with the share of its
+  captions identical (token for token) to the default row's on the same images.
+
+Both rows decode the teacher's settings (TEACHER_GENERATION) for exactly --new-tokens tokens, so
+a random model's early end-of-sequence cannot flatter a row.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image as PILImage
 
-from pipeline.generation import GenerationConfig
-from pipeline.hardware import describe_cpu
-from pipeline.teacher.model import Teacher, encode_inputs, load_teacher, processor_params_for
+from pipeline import hardware
+from pipeline.settings import Settings
+from pipeline.teacher.drafting import job_plan
+from pipeline.teacher.model import (
+    DEFAULT_PROMPT,
+    TEACHER_GENERATION,
+    CaptionPlan,
+    Teacher,
+    encode_inputs,
+    generate_ids,
+    load_teacher,
+)
 from pipeline.tiny import SMOLVLM_FILES, find_smolvlm_processor_dir
 
 BUNDLED = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "cifar10"
-# (name, dtype, batch size, one tile?, images measured)
-SETTINGS = (
-    ("defaults_fp32_bs1", "float32", 1, False, 2),
-    ("one_tile_fp32_bs1", "float32", 1, True, 8),
-    ("one_tile_fp32_bs8", "float32", 8, True, 16),
-    ("one_tile_bf16_bs8_default", "bfloat16", 8, True, 16),
-)
+TARGET = 50.0
+EXTRA = {  # name -> (dtype or None for the default's, batch size or None for the default's)
+    "bs8_default": (None, 8),
+    "bs16_default": (None, 16),
+    "bs32_default": (None, 32),
+    "fp32_default": ("float32", None),
+    "bf16_default": ("bfloat16", None),
+}
 
 
 def build_random_smolvlm(out: Path) -> Path:
@@ -47,48 +70,156 @@ def build_random_smolvlm(out: Path) -> Path:
     return out
 
 
-def caption_timed(teacher: Teacher, images: list, *, batch: int, one_tile: bool, params) -> float:
-    """Seconds to caption `images`, `batch` at a time (processor defaults unless one_tile)."""
-    import torch
+def default_plan() -> CaptionPlan:
+    """The default row's plan: the drafting job's own chooser with no options, on the CPU."""
+    return job_plan(Settings(), device="cpu")
 
-    proc = processor_params_for(images) if one_tile else {}
-    t0 = time.perf_counter()
+
+def naive_plan() -> CaptionPlan:
+    return CaptionPlan(device="cpu", dtype="float32", batch_size=1)
+
+
+def caption_timed(teacher: Teacher, images: list, *, batch: int, one_tile: bool,
+                  params) -> tuple[float, float, list]:
+    """Wall and CPU seconds (this process) to caption `images`, `batch` at a time (processor
+    defaults unless one_tile), and the new token ids of each image. CPU seconds on one thread
+    are the steadier figure on a shared machine."""
+    ids = []
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, len(images), batch):
-        inputs = encode_inputs(teacher, images[i:i + batch], "Can you describe this image?", processor_params=proc)
-        with torch.inference_mode():
-            teacher.model.generate(**inputs, **params.generate_kwargs(), min_new_tokens=params.max_new_tokens,
-                                   pad_token_id=teacher.processor.tokenizer.pad_token_id)
-    return time.perf_counter() - t0
+        chunk = images[i:i + batch]
+        proc = CaptionPlan.processor_params(chunk) if one_tile else {}
+        inputs = encode_inputs(teacher, chunk, DEFAULT_PROMPT, processor_params=proc)
+        new = generate_ids(teacher, inputs, params, min_new_tokens=params.max_new_tokens)
+        ids.extend(row.tolist() for row in new)
+    return time.perf_counter() - t0, time.process_time() - c0, ids
+
+
+class StageClock:
+    """Wall time per stage of `generate()` (forward hooks): vision tower, connector, the text
+    model's calls on more than one position (prefill) and on one (decode steps), the LM head."""
+
+    def __init__(self, teacher: Teacher):
+        inner = teacher.model.model
+        self.seconds: dict[str, float] = {}
+        self._t0: dict[str, float] = {}
+        self._handles = []
+        for name, module in (("vision_tower", inner.vision_model), ("connector", inner.connector),
+                             ("text", inner.text_model), ("lm_head", teacher.model.lm_head)):
+            self._handles.append(module.register_forward_pre_hook(self._start(name), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._stop(name), with_kwargs=True))
+
+    def _start(self, name: str):
+        def hook(module, args, kwargs):
+            self._t0[name] = time.perf_counter()
+            if name == "text":
+                x = kwargs.get("inputs_embeds")
+                x = x if x is not None else kwargs.get("input_ids", args[0] if args else None)
+                self._t0["text_kind"] = "text_prefill" if x.shape[1] > 1 else "text_decode_steps"
+        return hook
+
+    def _stop(self, name: str):
+        def hook(module, args, kwargs, out):
+            key = self._t0["text_kind"] if name == "text" else name
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - self._t0[name]
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def profile_default(teacher: Teacher, images: list, *, batch: int, params) -> dict:
+    """Shares of the default row's time per stage (one more timed pass with hooks)."""
+    clock = StageClock(teacher)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(images), batch):
+            chunk = images[i:i + batch]
+            e0 = time.perf_counter()
+            inputs = encode_inputs(teacher, chunk, DEFAULT_PROMPT,
+                                   processor_params=CaptionPlan.processor_params(chunk))
+            clock.seconds["processor"] = clock.seconds.get("processor", 0.0) + time.perf_counter() - e0
+            generate_ids(teacher, inputs, params, min_new_tokens=params.max_new_tokens)
+        total = time.perf_counter() - t0
+    finally:
+        clock.close()
+    shares = {k: round(v / total, 3) for k, v in sorted(clock.seconds.items())}
+    shares["other"] = round(1 - sum(clock.seconds.values()) / total, 3)
+    n_image = int((inputs["input_ids"] == teacher.model.config.image_token_id).sum(dim=1)[0])
+    return {"profile": "default", "seconds": round(total, 2), "shares": shares,
+            "image_tokens_per_image": n_image, "prompt_tokens": int(inputs["input_ids"].shape[1])}
 
 
 def machine() -> dict:
     import torch
 
-    return {**describe_cpu(), "torch": torch.__version__}
+    return {**hardware.describe_cpu(), "torch": torch.__version__}
+
+
+def run_row(name: str, plan: CaptionPlan, images: list, *, one_tile: bool, params, folder: Path,
+            reference: list | None = None) -> tuple[dict, list, Teacher]:
+    teacher = load_teacher(str(folder), device=plan.device, dtype=plan.dtype)
+    caption_timed(teacher, images[:1], batch=1, one_tile=True, params=replace(params, max_new_tokens=2))  # warm-up
+    secs, cpu_secs, ids = caption_timed(teacher, images, batch=plan.batch_size, one_tile=one_tile, params=params)
+    row = {"setting": name, "dtype": plan.dtype, "batch": plan.batch_size, "one_tile": one_tile,
+           "images": len(images), "new_tokens": params.max_new_tokens, "seconds": round(secs, 2),
+           "cpu_seconds": round(cpu_secs, 2), "images_per_s": round(len(images) / secs, 4)}
+    if reference is not None:
+        same = sum(a == b for a, b in zip(ids, reference))
+        row["identical_to_default"] = round(same / len(ids), 3)
+    return row, ids, teacher
+
+
+def ratio_line(ratio: float) -> str:
+    """The last line: the figure beside its target, and which CPU path produced it."""
+    path = hardware.cpu().path
+    if hardware.cpu().has_bf16:
+        return f"ratio: {ratio:.1f} (target ≥ {TARGET:g} on CPUs with native bf16; this CPU: {path})"
+    return (f"ratio: {ratio:.1f} (target ≥ {TARGET:g} on CPUs with native bf16; this CPU: {path}, "
+            "no native bf16: as far as the hardware allows, see the profile)")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/smolvlm-256m-random"))
     ap.add_argument("--new-tokens", type=int, default=30)
-    ap.add_argument("--only", nargs="*", help="names of settings to run (default: all)")
+    ap.add_argument("--images", type=int, default=16, help="images for the default row (and extras)")
+    ap.add_argument("--naive-images", type=int, default=2,
+                    help="images for the naive row (each costs 20-50 default ones)")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="print the default row's time shares per stage (what bounds the ratio)")
+    ap.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA), help="candidate rows")
     args = ap.parse_args()
     folder = build_random_smolvlm(args.out)
-    params = GenerationConfig(max_new_tokens=args.new_tokens, repetition_penalty=1.0)
+    params = replace(TEACHER_GENERATION, max_new_tokens=args.new_tokens)
     labels = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir())
-    pool = [PILImage.open(BUNDLED / lab / f"{lab}_00{i:02d}.png").convert("RGB")
-            for i in range(2) for lab in labels]
+    pool = [PILImage.open(BUNDLED / lab / f"{lab}_{i:04d}.png").convert("RGB")
+            for i in range(max(1, -(-max(args.images, args.naive_images) // len(labels)))) for lab in labels]
     print(json.dumps(machine()), flush=True)
-    for name, dtype, batch, one_tile, n in SETTINGS:
-        if args.only and name not in args.only:
-            continue
-        teacher = load_teacher(str(folder), device="cpu", dtype=dtype)
-        caption_timed(teacher, pool[:1], batch=1, one_tile=True, params=params)  # warm-up
-        secs = caption_timed(teacher, pool[:n], batch=batch, one_tile=one_tile, params=params)
-        print(json.dumps({"setting": name, "dtype": dtype, "batch": batch, "one_tile": one_tile,
-                          "images": n, "new_tokens": args.new_tokens, "seconds": round(secs, 2),
-                          "images_per_s": round(n / secs, 3)}), flush=True)
+    naive, _, teacher = run_row("naive_fp32_defaults_bs1", naive_plan(), pool[:args.naive_images], one_tile=False,
+                                params=params, folder=folder)
+    del teacher
+    print(json.dumps(naive), flush=True)
+    plan = default_plan()
+    pool = pool[:args.images]
+    default, ref, teacher = run_row("default", plan, pool, one_tile=True, params=params, folder=folder)
+    print(json.dumps(default), flush=True)
+    ratio = default["images_per_s"] / naive["images_per_s"]
+    if args.profile:
+        prof = profile_default(teacher, pool, batch=plan.batch_size, params=params)
+        # the ratio were every stage but the vision tower free: what the vision tower alone allows
+        prof["ratio_bound_by_vision_tower"] = round(ratio / max(prof["shares"]["vision_tower"], 1e-9), 1)
+        print(json.dumps(prof), flush=True)
+    del teacher
+    for name in args.extra:
+        dtype, batch = EXTRA[name]
+        alt = CaptionPlan(device=plan.device, dtype=dtype or plan.dtype, batch_size=batch or plan.batch_size)
+        row, _, teacher = run_row(name, alt, pool, one_tile=True, params=params, folder=folder, reference=ref)
         del teacher
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"load_avg_after": [round(x, 2) for x in __import__("os").getloadavg()]}), flush=True)
+    print(ratio_line(ratio), flush=True)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def caption(
 ) -> None:
     """Draft captions with the teacher for images that have none; resumable after any crash."""
     from pipeline.generation import GenerationConfig
-    from pipeline.teacher.drafting import CaptionRequest
+    from pipeline.teacher.drafting import CaptionRequest, job_plan
     from pipeline.teacher.model import DEFAULT_PROMPT, TeacherError
 
     settings = Settings()
@@ -135,10 +135,11 @@ def caption(
 
         torch.set_num_threads(threads)
     try:
+        plan = job_plan(settings, device=device, dtype=dtype, batch_size=batch_size)
         params = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
         request = CaptionRequest(prompt=prompt or DEFAULT_PROMPT, params=params,
-                                 batch_size=batch_size or settings.batch_size, limit=limit,
+                                 batch_size=plan.batch_size, limit=limit,
                                  image_ids=tuple(image_id) if image_id else None,
                                  per_prompt=per_prompt or bool(prompt and image_id))
     except ValueError as exc:

@@ -17,15 +17,26 @@ from db.engine import session_scope
 from db.models import Image
 from pipeline.data.images import decode_png
 from pipeline.generation import GenerationConfig
+from pipeline.settings import Settings
 from pipeline.teacher.flags import flags_for_draft
 from pipeline.teacher.model import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_PROMPT,
     TEACHER_GENERATION,
+    CaptionPlan,
     Teacher,
+    caption_plan,
     generate_batch,
-    processor_params_for,
     provenance,
 )
+
+
+def job_plan(settings: Settings, *, device: str | None = None, dtype: str = "auto",
+             batch_size: int | None = None) -> CaptionPlan:
+    """What a captioning job runs with these options (None/auto: the settings, then the hardware):
+    the one chooser of the job's dtype, batch size and processor overrides (bench/teacher.py's
+    "default" row calls it too)."""
+    return caption_plan(device or settings.device, dtype=dtype, batch_size=batch_size or settings.batch_size)
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class CaptionRequest:
     """The captioning instruction given to the teacher with each image."""
     params: GenerationConfig = TEACHER_GENERATION
     """Decoding settings."""
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Images per generation batch (and per commit)."""
     limit: int | None = None
     """Caption at most this many images in this run."""
@@ -121,7 +132,7 @@ def run_captioning(engine: Engine, teacher: Teacher, request: CaptionRequest, *,
             continue
         texts, _ = generate_batch(teacher, images, prompt=request.prompt, params=request.params)
         prov = provenance(teacher, prompt=request.prompt, params=request.params,
-                          processor_params=processor_params_for(images), batch_size=request.batch_size)
+                          processor_params=CaptionPlan.processor_params(images), batch_size=request.batch_size)
         with session_scope(engine) as s:
             written += write_drafts(s, texts=dict(zip(chunk, texts)), provenance=prov,
                                     per_prompt=request.per_prompt)

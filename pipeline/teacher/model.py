@@ -19,12 +19,15 @@ from PIL import Image as PILImage
 
 from pipeline.generation import TOKENIZER_LOCK, GenerationConfig
 from pipeline.hardware import cpu_has_bf16, resolve_device
+from pipeline.settings import TEACHER_BATCH_SIZE
 from pipeline.tiny import is_tiny_model
 
 DEFAULT_PROMPT = "Can you describe this image? Answer in one or two sentences."
 SINGLE_TILE_EDGE = 512  # images no larger than this are one 512-px tile: 64 image tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY_COMMAND = "python -m pipeline build-tiny teacher <folder>"
+DEFAULT_BATCH_SIZE = TEACHER_BATCH_SIZE
+"""Images per generation batch on the default path (CAPSTUDIO_BATCH_SIZE overrides it)."""
 
 
 class TeacherError(RuntimeError):
@@ -81,14 +84,40 @@ def pick_dtype(device: str, dtype: str = "auto") -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
+@dataclass(frozen=True)
+class CaptionPlan:
+    """What the default captioning path runs on a device: the compute dtype, images per batch and
+    (per batch, `processor_params`) the processor overrides. The drafting job (`python -m pipeline
+    caption`) and the bench's "default" row both take it from `caption_plan`."""
+
+    device: str
+    dtype: str
+    batch_size: int
+
+    @staticmethod
+    def processor_params(images: list[PILImage.Image]) -> dict:
+        return processor_params_for(images)
+
+
+def caption_plan(device: str = "auto", *, dtype: str = "auto", batch_size: int | None = None) -> CaptionPlan:
+    """The default path's choices: bf16 only where the hardware multiplies it natively (GPUs,
+    AVX512-BF16/AMX CPUs; emulated bf16 is slower than fp32), `DEFAULT_BATCH_SIZE` images a batch
+    unless `batch_size` is given, and `processor_params_for` (one 512-px tile for small images)."""
+    device = resolve_device(device)
+    size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    if size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return CaptionPlan(device=device, dtype=pick_dtype(device, dtype), batch_size=size)
+
+
 def load_teacher(model: str, *, device: str = "auto", dtype: str = "auto") -> Teacher:
     """Load a SmolVLM (Idefics3) model and processor from a hub id or a local folder.
 
     A hub id is looked up in the local cache first; the network is tried only when it answers,
     so an offline machine gets a clear error at once instead of minutes of retries.
     """
-    device = resolve_device(device)
-    dtype = pick_dtype(device, dtype)
+    plan = caption_plan(device, dtype=dtype)
+    device, dtype = plan.device, plan.dtype
     try:
         try:
             processor, net = _from_pretrained(model, dtype, local_only=not Path(model).is_dir())
@@ -214,20 +243,26 @@ def call_generate_kwargs(teacher: Teacher, params: GenerationConfig) -> dict:
     return {**kw, "do_sample": False, "logits_processor": procs}
 
 
+def generate_ids(teacher: Teacher, inputs: dict, params: GenerationConfig, **extra) -> torch.Tensor:
+    """The new token ids (B, T) `generate()` writes for encoded `inputs` (`encode_inputs`); `extra`
+    goes to `generate()` as is (the bench fixes the length with min_new_tokens)."""
+    batch = int(inputs["input_ids"].shape[0])
+    try:
+        with torch.inference_mode():
+            out = teacher.model.generate(**inputs, **call_generate_kwargs(teacher, params), **extra)
+    except torch.OutOfMemoryError as exc:
+        raise _oom_error(batch) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            raise _oom_error(batch) from exc
+        raise
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
 def generate_batch(teacher: Teacher, images: list[PILImage.Image], *, prompt: str,
                    params: GenerationConfig) -> tuple[list[str], int]:
     """Captions for one batch (left-padded); returns (texts, new tokens generated)."""
-    inputs = encode_inputs(teacher, images, prompt)
-    try:
-        with torch.inference_mode():
-            out = teacher.model.generate(**inputs, **call_generate_kwargs(teacher, params))
-    except torch.OutOfMemoryError as exc:
-        raise _oom_error(len(images)) from exc
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
-            raise _oom_error(len(images)) from exc
-        raise
-    new = out[:, inputs["input_ids"].shape[1]:]
+    new = generate_ids(teacher, encode_inputs(teacher, images, prompt), params)
     with TOKENIZER_LOCK:
         texts = teacher.processor.batch_decode(new, skip_special_tokens=True)
     pad = teacher.processor.tokenizer.pad_token_id
@@ -243,7 +278,8 @@ def _oom_error(batch: int) -> TeacherError:
 
 
 def caption_images(teacher: Teacher, images: list[PILImage.Image], *, prompt: str = DEFAULT_PROMPT,
-                   params: GenerationConfig = TEACHER_GENERATION, batch_size: int = 8) -> list[str]:
+                   params: GenerationConfig = TEACHER_GENERATION,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
     """Captions for `images`, in order, generated `batch_size` at a time."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")

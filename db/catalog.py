@@ -1,10 +1,27 @@
 """Images and teacher drafts: adding them (idempotently) and reading them back."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from db.models import Draft, Image, Review, ReviewState, SourceKind
+from db.models import Draft, Image, Review, ReviewState, SourceKind, utcnow
+
+IN_BATCH = 500
+"""Values per `IN (...)` list (well under SQLite's and PostgreSQL's limits on bound parameters)."""
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """One image to add in bulk (see add_images)."""
+
+    source_key: str
+    label: str
+    png: bytes
+    content_hash: str
+    width: int
+    height: int
 
 
 def add_image(
@@ -30,6 +47,51 @@ def add_image(
     session.flush()
     session.add(Review(image_id=image.id, label=label))
     return image, True
+
+
+def add_images(session: Session, *, source_kind: SourceKind, images: list[NewImage]) -> list[bool]:
+    """Add many images at once, each with its pending review row, skipping any whose content hash
+    is already stored (or came earlier in `images`): what add_image does, in a few statements.
+
+    Returns, per image, whether it was added. The caller commits (one transaction per batch).
+    """
+    hashes = [im.content_hash for im in images]
+    stored: set[str] = set()
+    for i in range(0, len(hashes), IN_BATCH):
+        chunk = hashes[i:i + IN_BATCH]
+        stored.update(session.exec(select(Image.content_hash).where(Image.content_hash.in_(chunk))).all())
+    created, rows = [], []
+    for im in images:
+        new = im.content_hash not in stored
+        created.append(new)
+        if new:
+            stored.add(im.content_hash)
+            rows.append(im)
+    if not rows:
+        return created
+    now = utcnow()
+    conn = session.connection()  # Core executemany: no ORM bookkeeping per row
+    conn.execute(Image.__table__.insert(), [
+        {"source_kind": source_kind, "source_key": im.source_key, "label": im.label, "png": im.png,
+         "content_hash": im.content_hash, "width": im.width, "height": im.height, "created_at": now}
+        for im in rows])
+    ids: dict[str, int] = {}  # the new ids, by hash (portable: no RETURNING, which SQLite runs row by row)
+    for i in range(0, len(rows), IN_BATCH):
+        chunk = [im.content_hash for im in rows[i:i + IN_BATCH]]
+        ids.update(conn.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all())
+    conn.execute(Review.__table__.insert(), [
+        {"image_id": ids[im.content_hash], "label": im.label, "state": ReviewState.pending, "flag_count": 0,
+         "updated_at": now, "version": 1} for im in rows])
+    return created
+
+
+def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
+    """Those of `keys` some stored image already has as its source key (a resumed import skips them)."""
+    found: set[str] = set()
+    for i in range(0, len(keys), IN_BATCH):
+        chunk = keys[i:i + IN_BATCH]
+        found.update(session.exec(select(Image.source_key).where(Image.source_key.in_(chunk))).all())
+    return found
 
 
 def add_draft(

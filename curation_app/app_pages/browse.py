@@ -54,13 +54,10 @@ more = "" if view.next_after_id is None else " (more on the next page)"
 st.subheader(f"Items {first * filters.page_size + 1 if len(view.items) else 0}–"
              f"{first * filters.page_size + len(view.items)}{more}")
 prev_col, next_col = st.columns(2)
-if prev_col.button("Previous page", disabled=len(pages) == 1, key="browse_prev", icon=":material/chevron_left:"):
-    pages.pop()
-    st.rerun()
-if next_col.button("Next page", disabled=view.next_after_id is None, key="browse_next",
-                   icon=":material/chevron_right:"):
-    pages.append(view.next_after_id)
-    st.rerun()
+prev_col.button("Previous page", disabled=len(pages) == 1, key="browse_prev", icon=":material/chevron_left:",
+                on_click=pages.pop)  # callbacks run before the script: one run per click
+next_col.button("Next page", disabled=view.next_after_id is None, key="browse_next",
+                icon=":material/chevron_right:", on_click=pages.append, args=(view.next_after_id,))
 event = st.dataframe(
     view.items, hide_index=True, key="browse_table", on_select="rerun", selection_mode="single-row",
     row_height=70, column_config={

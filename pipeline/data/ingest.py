@@ -6,6 +6,7 @@ anything else goes through the upload decoder (`decode_file`, `to_rgb`, `to_png`
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -76,7 +77,15 @@ class InlineExecutor(Executor):
 
 
 def make_executor(workers: int) -> Executor:
-    return InlineExecutor() if workers <= 0 else ProcessPoolExecutor(max_workers=workers)
+    """`workers` decoder processes, started by a fork server (never a fork of this process, which
+    may be the app's multi-threaded server) that preloads this module only; 0: InlineExecutor."""
+    if workers <= 0:
+        return InlineExecutor()
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(max_workers=workers)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload: Callable[[T], object],

@@ -419,10 +419,36 @@ def _fmt(value: float | None) -> str:
 
 
 def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
+    """Everything written under `folder` reaches the disk before the rename: one syncfs(2) of its
+    filesystem on Linux (an export of 100,000 pairs would otherwise wait on 100,000 fsyncs), else
+    an fsync of every file and folder."""
+    if _syncfs(folder):
+        return
+    for p in sorted(folder.rglob("*"), reverse=True):
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(folder)
+
+
+def _syncfs(folder: Path) -> bool:
+    """syncfs(2) on the filesystem holding `folder`; False where there is none (not Linux)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return syncfs(fd) == 0
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

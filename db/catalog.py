@@ -94,6 +94,12 @@ def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
     return found
 
 
+def stored_source_keys_under(session: Session, *, prefix: str) -> set[str]:
+    """Every stored source key starting with `prefix` (perhaps a few more: SQLite's LIKE ignores ASCII
+    case), for a large import to check its files against without a query per batch."""
+    return set(session.exec(select(Image.source_key).where(Image.source_key.startswith(prefix, autoescape=True))).all())
+
+
 def add_draft(
     session: Session,
     *,

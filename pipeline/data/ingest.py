@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -77,11 +78,15 @@ class InlineExecutor(Executor):
 
 
 def make_executor(workers: int) -> Executor:
-    """`workers` decoder processes, started by a fork server (never a fork of this process, which
-    may be the app's multi-threaded server) that preloads this module only; 0: InlineExecutor."""
+    """`workers` decoder processes (0: InlineExecutor). Forked from this process when it runs a single
+    thread (the CLI); otherwise (the app's threaded server) started by a fork server that preloads
+    this module, since forking a process with other threads can deadlock the child."""
     if workers <= 0:
         return InlineExecutor()
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    methods = multiprocessing.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    if "forkserver" not in methods:
         return ProcessPoolExecutor(max_workers=workers)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])

@@ -8,10 +8,11 @@ from db.review import claim_next, decide
 from pipeline.classes import CLASSES
 from pipeline.services.browse import BrowseFilters, browse_view
 from tests.app_store import app_for, fill_store
-from tests.conftest import seed_images
+from tests.conftest import both_backends, seed_images
 
 
-def test_pages_follow_each_other_without_gaps_or_repeats(store):
+@both_backends
+def test_pages_follow_each_other_without_gaps_or_repeats(store, backend):
     ids = seed_images(store, {"cat": 7, "dog": 5}, text="A {label} photo number {i} on the road.")
     seen, after = [], 0
     while True:
@@ -30,7 +31,8 @@ def test_pages_follow_each_other_without_gaps_or_repeats(store):
     assert dict(zip(dogs.states["label"], dogs.states["n"])) == {"cat": 7, "dog": 5}
 
 
-def test_text_length_and_edit_rates_are_computed_by_the_database(store):
+@both_backends
+def test_text_length_and_edit_rates_are_computed_by_the_database(store, backend):
     seed_images(store, {"cat": 3, "ship": 2}, text="A {label} photo {i}.")
     edited = None
     with session_scope(store) as s:

@@ -70,19 +70,44 @@ def add_images(session: Session, *, source_kind: SourceKind, images: list[NewIma
     if not rows:
         return created
     now = utcnow()
-    conn = session.connection()  # Core executemany: no ORM bookkeeping per row
-    conn.execute(Image.__table__.insert(), [
-        {"source_kind": source_kind, "source_key": im.source_key, "label": im.label, "png": im.png,
-         "content_hash": im.content_hash, "width": im.width, "height": im.height, "created_at": now}
-        for im in rows])
+    conn = session.connection()
+    _insert_images(conn, source_kind=source_kind, images=rows, now=now)
     ids: dict[str, int] = {}  # the new ids, by hash (portable: no RETURNING, which SQLite runs row by row)
     for i in range(0, len(rows), IN_BATCH):
         chunk = [im.content_hash for im in rows[i:i + IN_BATCH]]
         ids.update(conn.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all())
-    conn.execute(Review.__table__.insert(), [
-        {"image_id": ids[im.content_hash], "label": im.label, "state": ReviewState.pending, "flag_count": 0,
-         "updated_at": now, "version": 1} for im in rows])
+    _insert_reviews(conn, rows=[(ids[im.content_hash], im.label) for im in rows], now=now)
     return created
+
+
+def _insert_images(conn, *, source_kind: SourceKind, images: list[NewImage], now) -> None:
+    """One executemany. On SQLite the rows go to the driver as tuples, stored as SQLAlchemy stores
+    them (enum by name, naive ISO datetime): a bulk import spends no time in per-row bind processing."""
+    if conn.dialect.name == "sqlite":
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        conn.exec_driver_sql(
+            "INSERT INTO image (source_kind, source_key, label, content_hash, width, height, png, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(source_kind.name, im.source_key, im.label, im.content_hash, im.width, im.height, im.png, stamp)
+             for im in images])
+        return
+    conn.execute(Image.__table__.insert(), [
+        {"source_kind": source_kind, "source_key": im.source_key, "label": im.label, "png": im.png,
+         "content_hash": im.content_hash, "width": im.width, "height": im.height, "created_at": now}
+        for im in images])
+
+
+def _insert_reviews(conn, *, rows: list[tuple[int, str]], now) -> None:
+    """Pending review rows for new images, (image_id, label) each (see _insert_images)."""
+    if conn.dialect.name == "sqlite":
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        conn.exec_driver_sql(
+            "INSERT INTO review (image_id, label, state, flag_count, updated_at, version) VALUES (?, ?, ?, 0, ?, 1)",
+            [(image_id, label, ReviewState.pending.name, stamp) for image_id, label in rows])
+        return
+    conn.execute(Review.__table__.insert(), [
+        {"image_id": image_id, "label": label, "state": ReviewState.pending, "flag_count": 0,
+         "updated_at": now, "version": 1} for image_id, label in rows])
 
 
 def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from sqlmodel import select
 
 from db.catalog import add_image
 from db.engine import alembic_config, init_store, session_scope
-from db.models import Image, Review
+from db.models import Image, Review, ReviewState, SourceKind
 from pipeline.data.images import decode_file, pixel_hash, plain_png, to_png
 from pipeline.data.sources import ImportSource, balanced_order, candidates_for, import_images
 from tests.conftest import BACKENDS, BUNDLED, both_backends
@@ -189,8 +190,13 @@ def test_bulk_import_on_each_backend(store, tmp_path, backend):
     with session_scope(store) as s:
         rows = s.exec(select(Image.id, Image.content_hash)).all()
         reviews = s.exec(select(Review.image_id)).all()
+        image, review = s.exec(select(Image, Review).join(Review, Review.image_id == Image.id)).first()
     assert summary.added == len(rows) == len({h for _, h in rows}) == len(reviews)
     assert sorted(i for i, _ in rows) == sorted(reviews)
+    # the rows read back as the ORM wrote them (SQLite's bulk path formats them itself)
+    assert image.source_kind == SourceKind.folder and review.state == ReviewState.pending
+    assert abs(image.created_at.replace(tzinfo=None) - datetime.now(UTC).replace(tzinfo=None)) < timedelta(hours=1)
+    assert review.updated_at.replace(tzinfo=None) == image.created_at.replace(tzinfo=None) and review.version == 1
     assert summary.corrupt == 3
 
 

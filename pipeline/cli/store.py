@@ -83,6 +83,7 @@ def import_(
     if source == ImportSource.cifar10:
         path = cifar_root or Path(settings.data_dir) / "cifar10"
     engine = open_store(settings)
+    tqdm.monitor_interval = 0  # no monitor thread: a single-threaded process forks its decoders directly
     try:
         with tqdm(total=None, desc="importing", unit="img", smoothing=0.1) as bar:
             def tick(done: int, total: int) -> None:

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 from sqlalchemy.engine import Engine
 
 from db.catalog import NewImage, add_images, stored_source_keys, stored_source_keys_under
-from db.engine import session_scope
+from db.engine import bulk_writes, session_scope
 from db.models import SourceKind
 from pipeline.data.images import IMAGE_SUFFIXES, UploadError
 from pipeline.data.ingest import (
@@ -228,14 +228,14 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     if workers is None:
         workers = default_workers() if total >= PARALLEL_FROM else 0
     writer = _Writer(engine, source=source, batch_size=batch_size, total=total, on_progress=on_progress)
-    with make_executor(workers) as executor:
+    with make_executor(workers) as executor, bulk_writes(engine):
         for label, listing in classes:
             items = listing()
             if n_per_class is not None:
                 items = sample_order(items, label=label, seed=seed)
             _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
                           in_flight=2 * max(workers, 1) + 2)
-    writer.flush()
+        writer.flush()
     return writer.summary
 
 

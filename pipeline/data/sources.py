@@ -136,12 +136,6 @@ def folder_classes(root: Path, *, prefix: str) -> list[tuple[str, Callable[[], l
     return [(d.name, lambda d=d: class_candidates(root, d, prefix=prefix)) for d in class_dirs]
 
 
-def folder_candidates(root: Path, *, prefix: str) -> Iterator[Candidate]:
-    """Images under `root/<class>/...`, labelled by their sub-folder, in a stable order."""
-    for _label, listing in folder_classes(root, prefix=prefix):
-        yield from listing()
-
-
 def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[Candidate]:
     """CIFAR-10 through torchvision (an existing copy in the standard layout, or a download)."""
     from torchvision.datasets import CIFAR10

@@ -25,14 +25,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sqlmodel import func, select
+from store import percentiles, seed  # bench/store.py: python puts the script's folder on sys.path
+
+from db.engine import init_store, session_scope
+from db.models import Image, ReviewAction, ReviewEvent
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from sqlmodel import func, select  # noqa: E402
-
-from bench.store import percentiles, seed  # noqa: E402
-from db.engine import init_store, session_scope  # noqa: E402
-from db.models import Image, ReviewAction, ReviewEvent  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -1,10 +1,27 @@
 """Images and teacher drafts: adding them (idempotently) and reading them back."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from db.models import Draft, Image, Review, ReviewState, SourceKind
+from db.models import Draft, Image, Review, ReviewState, SourceKind, utcnow
+
+IN_BATCH = 500
+"""Values per `IN (...)` list (well under SQLite's and PostgreSQL's limits on bound parameters)."""
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """One image to add in bulk (see add_images)."""
+
+    source_key: str
+    label: str
+    png: bytes
+    content_hash: str
+    width: int
+    height: int
 
 
 def add_image(
@@ -30,6 +47,82 @@ def add_image(
     session.flush()
     session.add(Review(image_id=image.id, label=label))
     return image, True
+
+
+def add_images(session: Session, *, source_kind: SourceKind, images: list[NewImage]) -> list[bool]:
+    """Add many images at once, each with its pending review row, skipping any whose content hash
+    is already stored (or came earlier in `images`): what add_image does, in a few statements.
+
+    Returns, per image, whether it was added. The caller commits (one transaction per batch).
+    """
+    hashes = [im.content_hash for im in images]
+    stored: set[str] = set()
+    for i in range(0, len(hashes), IN_BATCH):
+        chunk = hashes[i:i + IN_BATCH]
+        stored.update(session.exec(select(Image.content_hash).where(Image.content_hash.in_(chunk))).all())
+    created, rows = [], []
+    for im in images:
+        new = im.content_hash not in stored
+        created.append(new)
+        if new:
+            stored.add(im.content_hash)
+            rows.append(im)
+    if not rows:
+        return created
+    now = utcnow()
+    conn = session.connection()
+    _insert_images(conn, source_kind=source_kind, images=rows, now=now)
+    ids: dict[str, int] = {}  # the new ids, by hash (portable: no RETURNING, which SQLite runs row by row)
+    for i in range(0, len(rows), IN_BATCH):
+        chunk = [im.content_hash for im in rows[i:i + IN_BATCH]]
+        ids.update(conn.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all())
+    _insert_reviews(conn, rows=[(ids[im.content_hash], im.label) for im in rows], now=now)
+    return created
+
+
+def _insert_images(conn, *, source_kind: SourceKind, images: list[NewImage], now) -> None:
+    """One executemany. On SQLite the rows go to the driver as tuples, stored as SQLAlchemy stores
+    them (enum by name, naive ISO datetime): a bulk import spends no time in per-row bind processing."""
+    if conn.dialect.name == "sqlite":
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        conn.exec_driver_sql(
+            "INSERT INTO image (source_kind, source_key, label, content_hash, width, height, png, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(source_kind.name, im.source_key, im.label, im.content_hash, im.width, im.height, im.png, stamp)
+             for im in images])
+        return
+    conn.execute(Image.__table__.insert(), [
+        {"source_kind": source_kind, "source_key": im.source_key, "label": im.label, "png": im.png,
+         "content_hash": im.content_hash, "width": im.width, "height": im.height, "created_at": now}
+        for im in images])
+
+
+def _insert_reviews(conn, *, rows: list[tuple[int, str]], now) -> None:
+    """Pending review rows for new images, (image_id, label) each (see _insert_images)."""
+    if conn.dialect.name == "sqlite":
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        conn.exec_driver_sql(
+            "INSERT INTO review (image_id, label, state, flag_count, updated_at, version) VALUES (?, ?, ?, 0, ?, 1)",
+            [(image_id, label, ReviewState.pending.name, stamp) for image_id, label in rows])
+        return
+    conn.execute(Review.__table__.insert(), [
+        {"image_id": image_id, "label": label, "state": ReviewState.pending, "flag_count": 0,
+         "updated_at": now, "version": 1} for image_id, label in rows])
+
+
+def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
+    """Those of `keys` some stored image already has as its source key (a resumed import skips them)."""
+    found: set[str] = set()
+    for i in range(0, len(keys), IN_BATCH):
+        chunk = keys[i:i + IN_BATCH]
+        found.update(session.exec(select(Image.source_key).where(Image.source_key.in_(chunk))).all())
+    return found
+
+
+def stored_source_keys_under(session: Session, *, prefix: str) -> set[str]:
+    """Every stored source key starting with `prefix` (perhaps a few more: SQLite's LIKE ignores ASCII
+    case), for a large import to check its files against without a query per batch."""
+    return set(session.exec(select(Image.source_key).where(Image.source_key.startswith(prefix, autoescape=True))).all())
 
 
 def add_draft(

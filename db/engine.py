@@ -86,6 +86,27 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+BULK_CACHE_KIB = 256 * 1024
+"""SQLite page cache of a connection writing a bulk import: a million-row store's content-hash and
+source-key indexes take new keys at random places, which SQLite's default 2 MiB cache would re-read."""
+
+
+@contextmanager
+def bulk_writes(engine: Engine) -> Iterator[None]:
+    """Around a bulk import: SQLite's connections get a large page cache, given back afterwards
+    (a pooled connection of the app must not keep it); nothing on PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with engine.connect() as conn:  # the pool hands this connection to the import's sessions (LIFO)
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's default
+
+
 def upgrade_to_head(url: str) -> None:
     """Bring the database at `url` to the newest schema with Alembic."""
     from alembic import command

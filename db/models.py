@@ -93,7 +93,7 @@ class JobStatus(str, enum.Enum):
 class Image(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source_kind: SourceKind = Field(index=True)
-    source_key: str  # e.g. "cifar10:test:123", "bundled:cat/cat_0001.png", a file path
+    source_key: str = Field(index=True)  # e.g. "cifar10:test:123", "bundled:cat/cat_0001.png", a file path
     label: str = Field(index=True)
     content_hash: str = Field(unique=True, index=True)  # sha256 of the decoded RGB pixels
     width: int

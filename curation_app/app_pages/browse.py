@@ -1,5 +1,8 @@
-"""Browse: every item with its thumbnail, filtered; states and rates per class; open one to review."""
+"""Browse: the items with their thumbnails, filtered, a page at a time; states and rates per class;
+open one to review."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
@@ -27,7 +30,10 @@ with st.expander("Filters", expanded=True, icon=":material/filter_list:"):
 filters = BrowseFilters(labels=tuple(labels), states=tuple(states), reviewer=reviewer.strip() or None,
                         flag=flag, text=text.strip(), min_chars=lo,
                         max_chars=None if hi >= MAX_CAPTION_CHARS else hi)
-view = browse_view(get_engine(), filters=filters)
+if st.session_state.get("browse_filters") != filters:  # new filters: back to the first page
+    st.session_state["browse_filters"], st.session_state["browse_pages"] = filters, [0]
+pages = st.session_state["browse_pages"]  # after_id of each page seen so far (keyset pagination)
+view = browse_view(get_engine(), filters=replace(filters, after_id=pages[-1]))
 
 left, right = st.columns(2)
 with left:
@@ -43,7 +49,15 @@ with right:
         "edit_rate": st.column_config.ProgressColumn("edited / approved", min_value=0, max_value=1),
     })
 
-st.subheader(f"{len(view.items)} items")
+first = len(pages) - 1
+more = "" if view.next_after_id is None else " (more on the next page)"
+st.subheader(f"Items {first * filters.page_size + 1 if len(view.items) else 0}–"
+             f"{first * filters.page_size + len(view.items)}{more}")
+prev_col, next_col = st.columns(2)
+prev_col.button("Previous page", disabled=len(pages) == 1, key="browse_prev", icon=":material/chevron_left:",
+                on_click=pages.pop)  # callbacks run before the script: one run per click
+next_col.button("Next page", disabled=view.next_after_id is None, key="browse_next",
+                icon=":material/chevron_right:", on_click=pages.append, args=(view.next_after_id,))
 event = st.dataframe(
     view.items, hide_index=True, key="browse_table", on_select="rerun", selection_mode="single-row",
     row_height=70, column_config={

@@ -65,25 +65,33 @@ def import_(
     source: ImportSource = typer.Option(
         ImportSource.bundled, help="bundled (200 shipped CIFAR-10 examples), folder, or cifar10."),
     n_per_class: int = typer.Option(10, min=1, help="Images per class (a balanced sample)."),
+    all_images: bool = typer.Option(
+        False, "--all", help="Import every image of the source in path order (ignores --n-per-class)."),
     seed: int = typer.Option(0, help="Sampling seed: the same seed picks the same images."),
     split: Split = typer.Option(Split.test, help="CIFAR-10 split."),
     path: Path | None = typer.Option(None, help="folder source: a folder with one sub-folder per class."),
     cifar_root: Path | None = typer.Option(
         None, help="cifar10 source: folder holding cifar-10-batches-py (default: <data_dir>/cifar10)."),
     download: bool = typer.Option(False, help="cifar10 source: download CIFAR-10 when missing (needs network)."),
+    workers: int | None = typer.Option(
+        None, min=0, help="Decoder processes (default: one per core for 2,000+ images; 0: this process)."),
+    batch_size: int = typer.Option(2000, min=1, help="Images written per transaction."),
 ) -> None:
-    """Import a balanced, seeded sample of images; re-running adds nothing, unreadable files are counted."""
+    """Import images (a balanced, seeded sample, or --all); re-running adds nothing and a killed
+    import resumes where it stopped; unreadable files are counted."""
     settings = Settings()
     if source == ImportSource.cifar10:
         path = cifar_root or Path(settings.data_dir) / "cifar10"
     engine = open_store(settings)
+    tqdm.monitor_interval = 0  # no monitor thread: a single-threaded process forks its decoders directly
     try:
-        with tqdm(total=None, desc="classes", unit="class") as bar:
+        with tqdm(total=None, desc="importing", unit="img", smoothing=0.1) as bar:
             def tick(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
-            summary = import_images(engine, source=source, n_per_class=n_per_class, seed=seed,
-                                    split=split, path=path, download=download, on_progress=tick)
+            summary = import_images(engine, source=source, n_per_class=None if all_images else n_per_class,
+                                    seed=seed, split=split, path=path, download=download, on_progress=tick,
+                                    workers=workers, batch_size=batch_size)
     except SourceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -93,8 +101,10 @@ def import_(
                f"unreadable files skipped {summary.corrupt}")
     for label, n in summary.per_class.items():
         typer.echo(f"  {label:<12} +{n}")
-    for key in summary.corrupt_keys:
+    for key in summary.corrupt_keys[:50]:
         typer.echo(f"  skipped unreadable: {key}")
+    if len(summary.corrupt_keys) > 50:
+        typer.echo(f"  ... and {len(summary.corrupt_keys) - 50} more unreadable files")
 
 
 def caption(

@@ -132,30 +132,36 @@ def balance_report(settings: Settings, engine: Engine) -> BalanceReport:
 
 def approved_records(session: Session, *, held: set[int] | frozenset[int] = frozenset()
                      ) -> tuple[list[SnapshotRecord], list[dict]]:
-    """Every approved item (but the `held` image ids) as a snapshot record, and the teacher drafts behind them."""
-    stmt = (select(Review, Image, Draft).join(Image, Image.id == Review.image_id)
+    """Every approved item (but the `held` image ids) as a snapshot record, and the teacher drafts behind them.
+
+    Reads plain columns, not ORM objects: an export of 100,000 pairs builds no 300,000 entities."""
+    stmt = (select(Image.id, Image.png, Image.label, Image.source_key, Image.source_kind, Review.final_caption,
+                   Review.reviewer, Review.draft_id, Review.decided_at, Draft.id.label("has_draft"), Draft.text,
+                   Draft.model_id, Draft.model_revision, Draft.prompt, Draft.generation_params,
+                   Draft.processor_params)
+            .join(Image, Image.id == Review.image_id)
             .outerjoin(Draft, Draft.id == Review.draft_id).where(Review.state == ReviewState.approved))
     if held:
         stmt = stmt.where(Review.image_id.not_in(sorted(held)))
-    rows = session.exec(stmt.order_by(Review.image_id)).all()
     records, drafts = [], []
-    for review, image, draft in rows:
+    for row in session.exec(stmt.order_by(Review.image_id)):
+        has_draft = row.has_draft is not None
         records.append(SnapshotRecord(
-            image_png=image.png, text=review.final_caption or "", label=image.label,
-            item_id=str(image.id), teacher_draft=draft.text if draft else "",
-            reviewer=review.reviewer or "",
+            image_png=row.png, text=row.final_caption or "", label=row.label,
+            item_id=str(row.id), teacher_draft=row.text if has_draft else "",
+            reviewer=row.reviewer or "",
             extra={
-                "image_id": image.id, "draft_id": review.draft_id, "source_key": image.source_key,
-                "source_kind": getattr(image.source_kind, "value", image.source_kind),
-                "teacher_model": draft.model_id if draft else None,
-                "decided_at": review.decided_at.isoformat() if review.decided_at else None,
+                "image_id": row.id, "draft_id": row.draft_id, "source_key": row.source_key,
+                "source_kind": getattr(row.source_kind, "value", row.source_kind),
+                "teacher_model": row.model_id if has_draft else None,
+                "decided_at": row.decided_at.isoformat() if row.decided_at else None,
             },
         ))
-        if draft is not None:
+        if has_draft:
             drafts.append({
-                "model_id": draft.model_id, "model_revision": draft.model_revision,
-                "prompt": draft.prompt, "generation_params": draft.generation_params,
-                "processor_params": draft.processor_params,
+                "model_id": row.model_id, "model_revision": row.model_revision,
+                "prompt": row.prompt, "generation_params": row.generation_params,
+                "processor_params": row.processor_params,
             })
     return records, drafts
 

@@ -1,24 +1,36 @@
-"""Image sources (bundled examples, a folder per class, CIFAR-10) and the idempotent import.
+"""Image sources (bundled examples, a folder per class, CIFAR-10) and the idempotent, resumable import.
 
 `import_images(engine, source=ImportSource.bundled, n_per_class=10)` adds a balanced, seeded
-sample; re-running it adds nothing, and unreadable files are counted instead of crashing.
+sample (`n_per_class=None`: every image); re-running it adds nothing, and unreadable files are
+counted instead of crashing. Files are decoded in worker processes (pipeline/data/ingest.py) and
+written in batches.
 """
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from sqlalchemy.engine import Engine
 
-from db.catalog import add_image
-from db.engine import session_scope
+from db.catalog import NewImage, add_images, stored_source_keys, stored_source_keys_under
+from db.engine import bulk_writes, session_scope
 from db.models import SourceKind
-from pipeline.data.images import IMAGE_SUFFIXES, UploadError, decode_file, pixel_hash, to_png
+from pipeline.data.images import IMAGE_SUFFIXES, UploadError
+from pipeline.data.ingest import (
+    UNREADABLE,
+    Prepared,
+    default_workers,
+    make_executor,
+    ordered_map,
+    prepare_files,
+    prepare_image,
+)
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "cifar10"
 
@@ -46,13 +58,14 @@ class SourceError(RuntimeError):
     """A source that cannot be read at all (missing folder, CIFAR-10 not downloaded)."""
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One image a source can provide, not yet decoded."""
+class Candidate(NamedTuple):  # a tuple: a million of them are made in a folder import
+    """One image a source can provide, not yet decoded: a file (decoded in a worker process) or
+    a loader run in this process (CIFAR-10's pickled arrays, a refused file)."""
 
-    key: str  # source_key stored on the image, e.g. "bundled:cat/cat_0001.png"
+    key: str  # source_key stored on the image, e.g. "bundled:cat/cat_0001.png", a file path
     label: str
-    load: Callable[[], PILImage.Image]
+    path: str | None = None
+    load: Callable[[], PILImage.Image] | None = None
 
 
 @dataclass
@@ -73,43 +86,54 @@ class ImportSummary:
 LAYOUT = "<folder>/<class>/<image>, e.g. <folder>/cat/0001.png and <folder>/dog/0002.jpg"
 
 
-def _open_file(path: Path) -> Callable[[], PILImage.Image]:
-    def load() -> PILImage.Image:
-        return decode_file(path)  # the upload path's decoder: bomb checks, 16-bit scaling
-    return load
-
-
 def _refuse(message: str) -> Callable[[], PILImage.Image]:
     def load() -> PILImage.Image:
         raise UploadError(message)
     return load
 
 
-def folder_candidates(root: Path, *, prefix: str) -> Iterator[Candidate]:
-    """Images under `root/<class>/...`, labelled by their sub-folder, in a stable order.
+def _image_files(folder: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], os.DirEntry]]:
+    """Image files under `folder` (os.scandir; symlinked sub-folders are not entered, as rglob)."""
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir() and not e.is_symlink():
+                yield from _image_files(e.path, (*parts, e.name))
+            elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                yield (*parts, e.name), e
 
-    A file (or symlink) that resolves outside `root` is never read: it is counted as unreadable.
+
+def class_candidates(root: Path, class_dir: Path, *, prefix: str) -> list[Candidate]:
+    """The images of one class folder in path order (that of sorted(rglob)); a file (or symlink)
+    that resolves outside `root` is never read: its candidate refuses it (counted as unreadable)."""
+    real_root = root.resolve()
+    check_all = class_dir.is_symlink()
+    out = []
+    for parts, entry in sorted(_image_files(str(class_dir)), key=lambda pe: pe[0]):
+        rel = "/".join((class_dir.name, *parts))
+        key = f"{prefix}{rel}"
+        if (check_all or entry.is_symlink()) and not Path(entry.path).resolve().is_relative_to(real_root):
+            out.append(Candidate(key, class_dir.name, load=_refuse(f"{entry.name} points outside the import folder")))
+        else:
+            out.append(Candidate(key, class_dir.name, path=entry.path))
+    return out
+
+
+def folder_classes(root: Path, *, prefix: str) -> list[tuple[str, Callable[[], list[Candidate]]]]:
+    """(class, list its candidates) per sub-folder of `root`, by name: a class is listed only when
+    its turn comes, so memory holds one class folder's names at a time.
+
     A folder without class sub-folders holding images raises SourceError naming the layout.
     """
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"image folder {root} does not exist (expected the layout {LAYOUT})")
-    real_root = root.resolve()
-    found = 0
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                found += 1
-                key = f"{prefix}{f.relative_to(root).as_posix()}"
-                if not f.resolve().is_relative_to(real_root):
-                    yield Candidate(key, class_dir.name, _refuse(f"{f.name} points outside the import folder"))
-                    continue
-                yield Candidate(key, class_dir.name, _open_file(f))
-    if not found:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not any(next(_image_files(str(d)), None) for d in class_dirs):
         loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         hint = f"; it holds {loose} image(s) directly, move them into class sub-folders" if loose else ""
         raise SourceError(f"image folder {root} has no class sub-folders with images{hint}. "
                           f"Expected the layout {LAYOUT} (the sub-folder's name is the class).")
+    return [(d.name, lambda d=d: class_candidates(root, d, prefix=prefix)) for d in class_dirs]
 
 
 def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[Candidate]:
@@ -124,68 +148,175 @@ def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[
             "holding `cifar-10-batches-py`, or pass --download when online."
         ) from exc
     for i, target in enumerate(ds.targets):
-        yield Candidate(f"cifar10:{split.value}:{i}", ds.classes[target], lambda i=i: ds[i][0])
+        yield Candidate(f"cifar10:{split.value}:{i}", ds.classes[target], load=lambda i=i: ds[i][0])
 
 
 def candidates_for(source: ImportSource, *, path: Path | None = None, split: Split = Split.test,
                    download: bool = False) -> Iterator[Candidate]:
     """The candidates of one source (the split matters for CIFAR-10 only)."""
+    for _label, listing in classes_for(source, path=path, split=split, download=download):
+        yield from listing()
+
+
+def classes_for(source: ImportSource, *, path: Path | None = None, split: Split = Split.test,
+                download: bool = False) -> list[tuple[str, Callable[[], list[Candidate]]]]:
+    """(class, list its candidates) per class of one source, sorted by class."""
     source, split = ImportSource(source), Split(split)
     if source == ImportSource.bundled:
-        return folder_candidates(BUNDLED_DIR, prefix="bundled:")
+        return folder_classes(BUNDLED_DIR, prefix="bundled:")
     if source == ImportSource.folder:
         if path is None:
             raise SourceError("the folder source needs --path <folder with one sub-folder per class>")
-        return folder_candidates(Path(path), prefix=f"{Path(path).resolve().as_posix()}/")
+        return folder_classes(Path(path), prefix=f"{Path(path).resolve().as_posix()}/")
     if path is None:
         raise SourceError("the cifar10 source needs --cifar-root <folder>")
-    return cifar10_candidates(Path(path), split=split, download=download)
+    by_class: dict[str, list[Candidate]] = {}
+    for c in cifar10_candidates(Path(path), split=split, download=download):
+        by_class.setdefault(c.label, []).append(c)
+    return [(label, lambda items=items: items) for label, items in sorted(by_class.items())]
+
+
+def sample_order(items: list[Candidate], *, label: str, seed: int) -> list[Candidate]:
+    """One class's candidates shuffled with `seed` (the same seed, the same sample)."""
+    items = list(items)
+    random.Random(f"{seed}:{label}").shuffle(items)
+    return items
 
 
 def balanced_order(candidates: Iterator[Candidate], *, seed: int) -> dict[str, list[Candidate]]:
-    """Candidates grouped by class, each class shuffled with `seed` (the same seed, the same sample)."""
+    """Candidates grouped by class, each class shuffled with `seed`."""
     by_class: dict[str, list[Candidate]] = {}
     for c in candidates:
         by_class.setdefault(c.label, []).append(c)
-    for label, items in by_class.items():
-        random.Random(f"{seed}:{label}").shuffle(items)
-    return dict(sorted(by_class.items()))
+    return {label: sample_order(items, label=label, seed=seed) for label, items in sorted(by_class.items())}
 
 
-def import_images(engine: Engine, *, source: ImportSource, n_per_class: int, seed: int = 0,
+BATCH = 2000
+"""Images per transaction in an import."""
+CHUNK = 250
+"""Files per task handed to a decoder process."""
+PARALLEL_FROM = 2000
+"""Imports of fewer images decode in this process (starting worker processes costs more)."""
+
+
+def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | None, seed: int = 0,
                   split: Split = Split.test, path: Path | None = None, download: bool = False,
-                  on_progress: Callable[[int, int], None] | None = None) -> ImportSummary:
-    """Add up to `n_per_class` images of each class; corrupt files are skipped (and counted).
+                  on_progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                  batch_size: int = BATCH) -> ImportSummary:
+    """Add up to `n_per_class` images of each class (a seeded sample), or every image in path order
+    when `n_per_class` is None; corrupt files are skipped (and counted).
 
     A corrupt file is replaced by the next candidate of its class, so the sample stays balanced.
-    Each class is committed in its own short transaction.
+    Files are decoded by `workers` processes (default: one per core; 0: in this process, as for
+    small imports) and written `batch_size` at a time, one transaction each: a killed import keeps
+    its finished batches, and a re-run skips the files whose path is already stored without
+    reading them. `on_progress(done, total)` counts images taken (added or already present).
     """
-    if n_per_class < 1:
-        raise SourceError("n_per_class must be >= 1")
+    if n_per_class is not None and n_per_class < 1:
+        raise SourceError("n_per_class must be >= 1 (or None: every image)")
     source = ImportSource(source)
-    groups = balanced_order(candidates_for(source, path=path, split=split, download=download), seed=seed)
-    summary = ImportSummary()
-    for done, (label, items) in enumerate(groups.items(), start=1):
-        summary.per_class[label] = 0
-        taken = 0
+    classes = classes_for(source, path=path, split=split, download=download)
+    # count first (the progress total), then list each class again in its turn: flat memory
+    sizes = [len(listing()) for _label, listing in classes]
+    total = sum(sizes) if n_per_class is None else sum(min(n_per_class, n) for n in sizes)
+    if workers is None:
+        workers = default_workers() if total >= PARALLEL_FROM else 0
+    writer = _Writer(engine, source=source, batch_size=batch_size, total=total, on_progress=on_progress)
+    with make_executor(workers) as executor, bulk_writes(engine):
+        for label, listing in classes:
+            items = listing()
+            if n_per_class is not None:
+                items = sample_order(items, label=label, seed=seed)
+            _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
+                          in_flight=2 * max(workers, 1) + 2)
+        writer.flush()
+    return writer.summary
+
+
+class _Writer:
+    """Collects prepared images and writes them `batch_size` at a time, counting what happened."""
+
+    def __init__(self, engine: Engine, *, source: ImportSource, batch_size: int, total: int,
+                 on_progress: Callable[[int, int], None] | None):
+        self.engine, self.source, self.batch_size = engine, source, batch_size
+        self.total, self.on_progress = total, on_progress
+        self.summary, self.pending, self.taken = ImportSummary(), [], 0
+
+    def existing(self) -> None:
+        self.summary.existing += 1
+        self.taken += 1
+
+    def corrupt(self, key: str) -> None:
+        self.summary.corrupt += 1
+        self.summary.corrupt_keys.append(key)
+
+    def add(self, image: NewImage) -> None:
+        self.pending.append(image)
+        self.taken += 1
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            with session_scope(self.engine) as session:
+                created = add_images(session, source_kind=self.source.kind, images=self.pending)
+            for image, new in zip(self.pending, created, strict=True):
+                self.summary.added += new
+                self.summary.existing += not new
+                self.summary.per_class[image.label] = self.summary.per_class.get(image.label, 0) + new
+            self.pending = []
+        if self.on_progress is not None:
+            self.on_progress(min(self.taken, self.total), self.total)
+
+
+def _import_class(engine: Engine, executor, writer: _Writer, *, label: str, items: list[Candidate],
+                  quota: int | None, in_flight: int) -> None:
+    """Take one class's candidates in order until `quota` are taken (None: all of them)."""
+    writer.summary.per_class.setdefault(label, 0)
+    taken = 0
+
+    stored = None  # a large class: the keys already stored under its common prefix, in one query
+    if len(items) > 4 * CHUNK:
         with session_scope(engine) as session:
-            for cand in items:
-                if taken == n_per_class:
-                    break
-                try:
-                    image = cand.load()
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-                        PILImage.DecompressionBombError):  # UploadError is a ValueError
-                    summary.corrupt += 1
-                    summary.corrupt_keys.append(cand.key)
-                    continue
+            stored = stored_source_keys_under(session, prefix=os.path.commonprefix([c.key for c in items]))
+
+    def chunks() -> Iterator[tuple[list[Candidate], set[str]]]:
+        for start in range(0, len(items), CHUNK):
+            if quota is not None and taken >= quota:
+                return
+            chunk = items[start:start + CHUNK]
+            if stored is not None:
+                known = {c.key for c in chunk if c.key in stored}
+            else:
+                with session_scope(engine) as session:
+                    known = stored_source_keys(session, keys=[c.key for c in chunk])
+            yield chunk, known
+
+    def to_decode(job: tuple[list[Candidate], set[str]]) -> list[str]:
+        chunk, known = job
+        return [c.path for c in chunk if c.path is not None and c.key not in known]
+
+    for (chunk, known), prepared in ordered_map(executor, prepare_files, chunks(), payload=to_decode,
+                                                in_flight=in_flight):
+        results = iter(prepared)
+        for cand in chunk:
+            if quota is not None and taken >= quota:
+                break
+            if cand.key in known:
+                writer.existing()
                 taken += 1
-                _, created = add_image(
-                    session, source_kind=source.kind, source_key=cand.key, label=label, png=to_png(image),
-                    content_hash=pixel_hash(image), width=image.width, height=image.height)
-                summary.added += created
-                summary.existing += not created
-                summary.per_class[label] += created
-        if on_progress is not None:
-            on_progress(done, len(groups))
-    return summary
+                continue
+            image = next(results) if cand.path is not None else _load_here(cand)
+            if image.png is None:
+                writer.corrupt(cand.key)
+                continue
+            writer.add(NewImage(source_key=cand.key, label=label, png=image.png, content_hash=image.content_hash,
+                                width=image.width, height=image.height))
+            taken += 1
+
+
+def _load_here(cand: Candidate) -> Prepared:
+    try:
+        return prepare_image(cand.load())
+    except UNREADABLE:
+        return Prepared(None)

@@ -1,11 +1,13 @@
-"""Service behind the Browse page: every item with a thumbnail, filtered, plus per-class rates
-(`flag_choices` is re-exported for the flag filter)."""
+"""Service behind the Browse page: one page of items with thumbnails, filtered in SQL (keyset
+pagination by image id, so a page costs the same at a million items), plus per-class states and
+rates counted in SQL (`flag_choices` is re-exported for the flag filter)."""
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
 
 import pandas as pd
+from sqlalchemy import String, and_, case, cast, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -29,24 +31,53 @@ class BrowseFilters:
     min_chars: int = 0
     max_chars: int | None = None
     thumb_size: int = 64
+    page_size: int = 100  # items per page
+    after_id: int = 0  # keyset pagination: items with a larger image id (0: the first page)
 
 
 @dataclass(frozen=True)
 class BrowseView:
-    items: pd.DataFrame  # one row per item, thumbnail as a data URI
+    items: pd.DataFrame  # one page of items, thumbnail as a data URI
     rates: pd.DataFrame  # per class: approved, rejected, edited, approval_rate, edit_rate
     states: pd.DataFrame  # long form: label, state, n (for a stacked bar chart)
     reviewers: list[str] = field(default_factory=list)
+    next_after_id: int | None = None  # pass as after_id for the next page; None: this is the last one
 
 
 def _data_uri(png: bytes, size: int) -> str:
     return "data:image/png;base64," + base64.b64encode(upscale_png(png, size=size)).decode("ascii")
 
 
-def _rows(session: Session) -> list[dict]:
+def _caption():
+    return func.coalesce(Review.final_caption, Draft.text, "")
+
+
+def _conditions(f: BrowseFilters) -> list:
+    caption = _caption()
+    conds = [Review.image_id > f.after_id]
+    if f.labels:
+        conds.append(Review.label.in_(f.labels))
+    if f.states:
+        conds.append(Review.state.in_([ReviewState(s) for s in f.states]))
+    if f.reviewer:
+        conds.append(Review.reviewer == f.reviewer)
+    if f.flag:  # flags are a JSON list of values: match the quoted value in its text
+        conds.append(cast(Draft.flags, String).contains(f'"{f.flag}"', autoescape=True))
+    if f.text:
+        conds.append(func.lower(caption).contains(f.text.lower(), autoescape=True))
+    if f.min_chars:
+        conds.append(func.length(caption) >= f.min_chars)
+    if f.max_chars is not None:
+        conds.append(func.length(caption) <= f.max_chars)
+    return conds
+
+
+def _rows(session: Session, f: BrowseFilters) -> list[dict]:
+    """One page (page_size + 1 rows, to know whether another page follows) in image id order."""
     stmt = (select(Review, Image.png, Draft.text, Draft.flags)
             .join(Image, Image.id == Review.image_id)
-            .join(Draft, Draft.id == Review.draft_id, isouter=True).order_by(Review.image_id))
+            .join(Draft, Draft.id == Review.draft_id, isouter=True)
+            .where(and_(*_conditions(f))).order_by(Review.image_id).limit(f.page_size + 1))
     out = []
     for r, png, draft_text, flags in session.exec(stmt).all():
         caption = r.final_caption if r.final_caption is not None else (draft_text or "")
@@ -55,46 +86,56 @@ def _rows(session: Session) -> list[dict]:
             "caption": caption, "chars": len(caption), "draft": draft_text or "",
             "edited": r.state == ReviewState.approved and r.final_caption != draft_text,
             "reviewer": r.reviewer or "", "flags": ", ".join(flag_label(f) for f in flags or []),
-            "flag_values": list(flags or []),
             "reject_reason": r.reject_reason.value if r.reject_reason else "",
         })
     return out
 
 
-def _keep(row: dict, f: BrowseFilters) -> bool:
-    return ((not f.labels or row["label"] in f.labels)
-            and (not f.states or row["state"] in {s.value for s in f.states})
-            and (not f.reviewer or row["reviewer"] == f.reviewer)
-            and (not f.flag or f.flag in row["flag_values"])
-            and (not f.text or f.text.casefold() in row["caption"].casefold())
-            and row["chars"] >= f.min_chars and (f.max_chars is None or row["chars"] <= f.max_chars))
+def _class_counts(session: Session) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(states long form, rates per class, reviewers) counted by the database, not in Python."""
+    states = pd.DataFrame(session.exec(select(Review.label, Review.state, func.count())
+                                       .group_by(Review.label, Review.state)).all(),
+                          columns=["label", "state", "n"])
+    states["state"] = [ReviewState(s).value for s in states["state"]]
+    edited = session.exec(
+        select(Review.label, func.count()).join(Draft, Draft.id == Review.draft_id, isouter=True)
+        .where(Review.state == ReviewState.approved,
+               case((Draft.text.is_(None), Review.final_caption.is_not(None)),
+                    else_=func.coalesce(Review.final_caption, "") != Draft.text))
+        .group_by(Review.label)).all()
+    reviewers = sorted(r for r in session.exec(select(Review.reviewer).where(Review.reviewer.is_not(None))
+                                               .distinct()).all() if r)
+    return states, pd.DataFrame(edited, columns=["label", "edited"]), reviewers
 
 
 def browse_view(engine: Engine, *, filters: BrowseFilters) -> BrowseView:
-    """Every item matching the filters (with thumbnails), plus per-class state counts and rates."""
+    """One page of the items matching the filters (with thumbnails), plus per-class state counts and rates."""
     with session_scope(engine) as s:
-        rows = _rows(s)
-    everything = pd.DataFrame(rows, columns=["label", "state", "edited", "reviewer"])
-    kept = [r for r in rows if _keep(r, filters)]
-    for r in kept:
+        rows = _rows(s, filters)
+        states, edited, reviewers = _class_counts(s)
+    more = len(rows) > filters.page_size
+    rows = rows[:filters.page_size]
+    for r in rows:
         r["thumbnail"] = _data_uri(r.pop("png"), filters.thumb_size)
-        r.pop("flag_values")
     cols = ["image_id", "thumbnail", "label", "state", "caption", "chars", "flags", "reviewer",
             "reject_reason", "edited", "draft"]
-    items = pd.DataFrame(kept, columns=cols)
-    states = (everything.groupby(["label", "state"]).size().reset_index(name="n")
-              if rows else pd.DataFrame(columns=["label", "state", "n"]))
-    return BrowseView(items=items, rates=_rates(everything), states=states,
-                      reviewers=sorted({r["reviewer"] for r in rows if r["reviewer"]}))
+    items = pd.DataFrame(rows, columns=cols)
+    states = states[states.n > 0].sort_values(["label", "state"]).reset_index(drop=True)
+    return BrowseView(items=items, rates=_rates(states, edited), states=states, reviewers=reviewers,
+                      next_after_id=int(rows[-1]["image_id"]) if more else None)
 
 
-def _rates(df: pd.DataFrame) -> pd.DataFrame:
+def _rates(states: pd.DataFrame, edited: pd.DataFrame) -> pd.DataFrame:
     cols = ["label", "approved", "rejected", "edited", "approval_rate", "edit_rate"]
-    if df.empty:
+    if states.empty:
         return pd.DataFrame(columns=cols)
-    g = df.assign(approved=df.state == "approved", rejected=df.state == "rejected")
-    out = g.groupby("label")[["approved", "rejected", "edited"]].sum().reset_index()
+    wide = states.pivot_table(index="label", columns="state", values="n", aggfunc="sum", fill_value=0)
+    out = pd.DataFrame({"label": wide.index,
+                        "approved": wide.get("approved", pd.Series(0, index=wide.index)).to_numpy(),
+                        "rejected": wide.get("rejected", pd.Series(0, index=wide.index)).to_numpy()})
+    out = out.merge(edited, on="label", how="left").fillna({"edited": 0})
+    out[["approved", "rejected", "edited"]] = out[["approved", "rejected", "edited"]].astype(int)
     decided = out.approved + out.rejected
     out["approval_rate"] = (out.approved / decided.where(decided > 0)).fillna(0.0)
     out["edit_rate"] = (out.edited / out.approved.where(out.approved > 0)).fillna(0.0)
-    return out[cols]
+    return out[cols].reset_index(drop=True)

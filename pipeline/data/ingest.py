@@ -1,0 +1,114 @@
+"""Turning image files into store rows fast: read, decode, hash and PNG-encode in a pool of worker
+processes, a bounded number of chunks in flight (memory stays flat), results back in order.
+
+A plain 8-bit RGB PNG takes `images.plain_png` (its own IDAT bytes are stored, no re-encoding);
+anything else goes through the upload decoder (`decode_file`, `to_rgb`, `to_png`, `pixel_hash`).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import NamedTuple, TypeVar
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
+
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
+"""What an unreadable file raises (UploadError is a ValueError): it is counted, never fatal."""
+
+T = TypeVar("T")
+
+
+class Prepared(NamedTuple):
+    """One decoded image, ready to insert; `png` is None when the file could not be read."""
+
+    png: bytes | None
+    width: int = 0
+    height: int = 0
+    content_hash: str = ""
+
+
+def prepare_image(image: PILImage.Image) -> Prepared:
+    """The stored form of an already decoded RGB image (sources that are not files, e.g. CIFAR-10)."""
+    return Prepared(to_png(image), image.width, image.height, pixel_hash(image))
+
+
+def prepare_file(path: str) -> Prepared:
+    """Read and decode one file; an unreadable one gives Prepared(None)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.read(fd, MAX_UPLOAD_BYTES + 1)
+        finally:
+            os.close(fd)
+        if (fast := plain_png(data)) is not None:
+            return Prepared(*fast)
+        image = decode_file(path)  # the upload decoder: names what is wrong, bomb checks, 16-bit
+        return prepare_image(image)
+    except UNREADABLE:
+        return Prepared(None)
+
+
+def prepare_files(paths: list[str]) -> list[Prepared]:
+    """One chunk of files (what a worker process runs)."""
+    return [prepare_file(p) for p in paths]
+
+
+def default_workers() -> int:
+    """Decoder processes: one per core (the importing process writes to the store meanwhile)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once in this process (workers=0: tests, debugging, one-core machines)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+
+def make_executor(workers: int) -> Executor:
+    """`workers` decoder processes (0: InlineExecutor). Forked from this process when it runs a single
+    thread (the CLI); otherwise (the app's threaded server) started by a fork server that preloads
+    this module, since forking a process with other threads can deadlock the child."""
+    if workers <= 0:
+        return InlineExecutor()
+    methods = multiprocessing.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    if "forkserver" not in methods:
+        return ProcessPoolExecutor(max_workers=workers)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload: Callable[[T], object],
+                in_flight: int) -> Iterator[tuple[T, object]]:
+    """(item, fn(payload(item))) in the order of `items`, with at most `in_flight` items submitted
+    and not yet consumed: `items` is read lazily, so a slow consumer never piles up results."""
+    pending: deque[tuple[T, Future]] = deque()
+    iterator = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            pending.append((item, executor.submit(fn, payload(item))))
+        if not pending:
+            return
+        item, future = pending.popleft()
+        yield item, future.result()

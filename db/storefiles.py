@@ -126,8 +126,16 @@ def watch_store_files(engine: Engine, path: Path, *, rescue_dir: Path | None = N
 
 
 def record_opened_files(engine: Engine, dbapi: sqlite3.Connection) -> None:
-    """After the connection switched to WAL (so it opened the -wal file): remember both files."""
+    """After the connection switched to WAL: make it open the -wal file, then remember both files.
+
+    `PRAGMA journal_mode=WAL` on a database still in rollback mode (a new store's first connection)
+    only marks the database file; SQLite opens, or creates, the -wal at the connection's next read.
+    Recorded before that read, the connection would seem to hold no -wal, and the file its own first
+    read creates would look like a replaced log: a false alarm. One read first, so the record names
+    the file the connection holds from now until it closes (while it is open no other connection,
+    in any process, deletes that file: only the last one to close does)."""
     if (watch := _WATCHES.get(engine)) is not None:
+        dbapi.execute("PRAGMA schema_version").fetchone()  # a read: the connection opens the -wal
         with watch.lock:
             watch.conns[id(dbapi)] = _Conn(dbapi, file_id(watch.path), file_id(watch.wal_path))
 
@@ -156,6 +164,8 @@ def _check(engine: Engine, watch: _Watch) -> StoreFilesEvent | None:
         if watch.gone is not None:
             return watch.gone
         db_now, wal_now = file_id(watch.path), file_id(watch.wal_path)
+        for key in [k for k, c in watch.conns.items() if not _is_open(c.dbapi)]:
+            del watch.conns[key]  # closed without a pool event (a failed connect listener): holds nothing
         live = sorted(watch.conns.values(), key=lambda c: c.in_use)  # idle connections first
         if held := [c for c in live if c.db != db_now]:
             gone = _rescue_db(watch, held[0], replaced=db_now is not None)
@@ -171,6 +181,14 @@ def _check(engine: Engine, watch: _Watch) -> StoreFilesEvent | None:
         watch.pending.append(found)
         log.warning(found.message)
         return found
+
+
+def _is_open(dbapi: sqlite3.Connection) -> bool:
+    try:
+        dbapi.total_changes  # noqa: B018  (raises on a closed connection)
+    except sqlite3.ProgrammingError:
+        return False
+    return True
 
 
 def _checkpoint(watch: _Watch, conn: _Conn, *, replaced: bool) -> StoreFilesEvent:

@@ -114,6 +114,12 @@ def pick_path(base_model: str, *, path: str = DEFAULT_INFERENCE_PATH, device: st
     return choose_path(caps, sizes=sizes, free=free_memory(), device=device, speeds=speeds)
 
 
+def _quantised(module):
+    """The bitsandbytes 4-bit layer a module is or wraps (a peft LoRA layer), else None."""
+    layer = module.get_base_layer() if hasattr(module, "lora_A") else module
+    return layer if hasattr(getattr(layer, "weight", None), "quant_state") else None
+
+
 def dequantise_merged(lm, dtype: torch.dtype):
     """The peft model's base with every 4-bit projection replaced, one at a time, by a dense
     `nn.Linear` in `dtype` holding dequant(W) + its LoRA delta (peft's own merge arithmetic,
@@ -123,13 +129,12 @@ def dequantise_merged(lm, dtype: torch.dtype):
     from peft.utils.integrations import dequantize_bnb_weight
 
     base = lm.get_base_model()
-    for name, module in list(base.named_modules()):
-        if name.endswith(".base_layer"):  # the 4-bit layer inside a LoRA wrapper: done with the wrapper
-            continue
-        layer = module.get_base_layer() if hasattr(module, "lora_A") else module
-        qs = getattr(getattr(layer, "weight", None), "quant_state", None)
-        if qs is None:
-            continue
+    # names, not modules: a list of modules would keep every 4-bit copy alive to the end
+    names = [n for n, m in base.named_modules() if not n.endswith(".base_layer") and _quantised(m) is not None]
+    for name in names:
+        module = base.get_submodule(name)
+        layer = _quantised(module)
+        qs = layer.weight.quant_state
         if getattr(qs, "packing_format_for_cpu", False):
             raise RuntimeError(f"{name} is already repacked for bitsandbytes' CPU kernel")
         w = dequantize_bnb_weight(layer.weight, state=qs).float()
@@ -137,13 +142,12 @@ def dequantise_merged(lm, dtype: torch.dtype):
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
                     w += module.get_delta_weight(adapter).float()
-        dense = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                                dtype=dtype, device=w.device)
-        dense.weight.data.copy_(w)
+        dense = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        dense.weight = torch.nn.Parameter(w.to(dtype), requires_grad=False)  # no init, no copy in fp32
         if layer.bias is not None:
-            dense.bias.data.copy_(layer.bias.data)
+            dense.bias = torch.nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
         parent, _, attr = name.rpartition(".")
-        setattr(base.get_submodule(parent), attr, dense.requires_grad_(False))
+        setattr(base.get_submodule(parent), attr, dense)
         del w, layer, module
     if getattr(base, "hf_quantizer", None) is not None:  # no 4-bit layer left: a plain model again
         base.hf_quantizer.remove_quantization_config(base)

@@ -69,3 +69,33 @@ def test_a_forced_or_unknown_path(memorised_student):
     assert auto.path in (BF16, FP32) and "measured bf16" in auto.reason
     with pytest.raises(ValueError, match="unknown inference path"):
         pick_path(base, path="int4")
+
+
+def test_the_dense_base_frees_each_4bit_layer_as_it_goes(memorised_student, monkeypatch):
+    """Layer by layer: when the i-th projection is dequantised, the i-1 before it are gone (their
+    4-bit copies freed), so peak memory is about the dense model, not dense + NF4 (or + a whole
+    dequantised copy, as `dequantize()` then `merge_and_unload()` held)."""
+    import weakref
+
+    import peft.utils.integrations as integrations
+    import torch
+    from peft import PeftModel
+
+    from pipeline.student.config import StudentConfig
+    from pipeline.student.loader import _quantised, dequantise_merged, load_base
+
+    cfg = StudentConfig.from_json(memorised_student / "student.json")
+    lm = PeftModel.from_pretrained(load_base(cfg.base_model, quantize_4bit=True, dtype=torch.bfloat16),
+                                   memorised_student / "adapter")
+    alive = [weakref.ref(layer) for m in lm.modules() if (layer := _quantised(m)) is not None and layer is m]
+    assert len(alive) == 4 * lm.config.num_hidden_layers
+    seen, real = [], integrations.dequantize_bnb_weight
+
+    def counting(weight, state=None):
+        seen.append(sum(r() is not None for r in alive))
+        return real(weight, state=state)
+
+    monkeypatch.setattr(integrations, "dequantize_bnb_weight", counting)
+    dense = dequantise_merged(lm, torch.float32)
+    assert seen == list(range(len(alive), 0, -1))
+    assert all(r() is None for r in alive) and next(dense.parameters()).dtype == torch.float32

@@ -138,6 +138,7 @@ def dequantise_merged(lm, dtype: torch.dtype):
         if getattr(qs, "packing_format_for_cpu", False):
             raise RuntimeError(f"{name} is already repacked for bitsandbytes' CPU kernel")
         w = dequantize_bnb_weight(layer.weight, state=qs).float()
+        layer.weight = None  # bitsandbytes' Params4bit points back at its layer: break the cycle, free it now
         if layer is not module:
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:

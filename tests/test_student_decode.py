@@ -265,7 +265,7 @@ def test_student_bench_measures_every_path_on_a_tiny_student(tmp_path, tiny_phi3
             assert r["inference_path"] in ("bf16", "fp32") and r["why"].startswith("AVX2 without AVX512-BF16")
             assert r["torch_cpu_capability"] == "AVX2" and r["native_kernels"] is False
         else:
-            expected = ("nf4" if cpu().has_bf16 else r["inference_path"]) if path == "auto" else path[:4]
+            expected = ("nf4" if cpu().has_bf16 else r["inference_path"]) if path == "auto" else path.split("-")[0]
             assert r["inference_path"] == expected
             assert r["native_kernels"] is (path != "nf4-torch" and native)
         assert r["attention"] == ("sdpa" if path == "nf4-sdpa" else "capstudio_cpu")

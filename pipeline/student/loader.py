@@ -54,7 +54,18 @@ def load_base(base_model: str, *, quantize_4bit: bool, dtype: torch.dtype, devic
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if model.config.model_type != "phi3":
         raise ValueError(f"{base_model} is a {model.config.model_type!r} model, expected phi3")
+    if quantize_4bit and device == "cpu":
+        _own_memory(model)
     return model
+
+
+def _own_memory(model) -> None:
+    """Copy the parameters that are still views of the checkpoint's memory map (embeddings, LM
+    head, norms) into memory of their own, so the map closes: otherwise every page of the bf16
+    checkpoint that quantisation read stays resident in this process (7.6 GB for Phi-3-mini)."""
+    for p in model.parameters():  # each parameter once, so tied weights stay one parameter
+        if not hasattr(p, "quant_state"):
+            p.data = p.data.clone()
 
 
 def set_fused_cpu_kernel(model, enabled: bool) -> None:

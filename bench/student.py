@@ -1,12 +1,17 @@
 """Full-size student on this CPU: QLoRA step time and peak RSS, and each inference path's time
 to first token and decode speed as a fraction of its memory-bandwidth bound.
 
-    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths nf4,nf4-torch,nf4-hf]
+    python bench/student.py [--work /tmp/phi3-full] [--skip train] [--paths auto,nf4,nf4-torch,nf4-hf]
 
 Builds a random-weight Phi-3-mini (`Phi3Config()` defaults, bf16, saved once under --work)
 with the real Phi-3 tokenizer. Each measurement runs in its own process so peak RSS is its own.
-Prints one JSON object per phase, the first saying which CPU path ran (pipeline/hardware.py);
-every inference row says whether the native kernels ran (nf4 against nf4-torch is what they buy).
+Prints one JSON object per phase, the first with the CPU's flags and path (pipeline/hardware.py);
+every inference row says which inference path ran and why (auto: the one load_student chooses,
+inference_path.py), whether the native kernels ran (nf4 against nf4-torch is what they buy), and
+its decode speed and time to first token beside the targets (>= 0.5 of the bound, <= 3 s).
+On a CPU wider than AVX2 a last row runs `auto` as an AVX2-only CPU would (`--cpu-path AVX2`:
+Settings.cpu_path for the path choice, and ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 so
+torch's own kernels are AVX2 ones too); `--avx2-row no` leaves it out.
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.hardware import cpu, describe_cpu
+from pipeline.hardware import cpu, describe_cpu, limit_cpu
 from pipeline.student.kernels import unavailable_reason
 
 CAPTION = "a small brown bird perched on a thin branch in front of a pale green background."
+TARGETS = {"fraction_of_bound": 0.5, "ttft_s": 3.0}  # issue 16: decode >= 50% of the bound, first token <= 3 s
+TORCH_AS = {"AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}  # torch's dispatch, limited
 
 
 def peak_rss_gb() -> float:
@@ -114,11 +121,13 @@ def weight_bytes_per_token(model) -> int:
 # attention (None: the loader's choice, attention.py's float32 one on the CPU), and whether the
 # native kernels may run (they do only where setup.sh built them and the start-up check passed).
 PATHS = {
+    "auto": ("auto", "lean", None, True),  # what load_student chooses here (inference_path.py)
     "nf4": ("nf4", "lean", None, True),  # the default: 4-bit base, LoRA unmerged, lean loop (decode.py)
     "nf4-torch": ("nf4", "lean", None, False),  # the same without the native kernels: what the C++ buys
     "nf4-sdpa": ("nf4", "lean", "sdpa", True),  # the same with PyTorch's flash attention kernel
     "nf4-hf": ("nf4", "hf", None, True),  # same weights through Hugging Face generate(): the baseline
     "bf16": ("bf16", "lean", None, True),  # base dequantised to bf16, LoRA merged, lean loop
+    "fp32": ("fp32", "lean", None, True),  # the same in float32 (where bf16 products are compute-bound)
 }
 
 
@@ -156,7 +165,7 @@ def timed_generation(student, images, gc, loop: str, sync=lambda: None) -> tuple
     return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
+def phase_infer(work: Path, name: str, new_tokens: int, reps: int, cpu_path: str | None = None) -> dict:
     """Time to first token and decode tokens/s (first to last token, so prefill noise stays out),
     with the bandwidth sampled around every timed run."""
     import torch
@@ -168,7 +177,7 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
 
     path, loop, attention, native = PATHS[name]
     t = time.perf_counter()
-    student = load_student(work / "student", path=path, native_kernels=native)
+    student = load_student(work / "student", path=path, native_kernels=native, cpu_path=cpu_path)
     load_s = time.perf_counter() - t
     if attention:
         student.lm.set_attn_implementation(attention)
@@ -187,19 +196,28 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int) -> dict:
     bw = max(max(b["read_gbs"], b["copy_gbs"]) for b in bws)
     ttft, tps = min(r[0] for r in runs), max(r[1] for r in runs)
     bpt = weight_bytes_per_token(student.lm) / 1e9
-    return {"phase": "infer", "path": name, "prompt_tokens": len(student.layout.prompt_ids),
+    fraction = tps * bpt / bw
+    return {"phase": "infer", "path": name, "inference_path": student.inference.path.value,
+            "why": student.inference.reason, "prompt_tokens": len(student.layout.prompt_ids),
             "new_tokens": new_tokens, "native_kernels": decoder(student).native_kernels,
-            "cpu_path": cpu().path, "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "cpu_path": limit_cpu(cpu(), cpu_path).path,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()], "targets": TARGETS,
+            "meets_targets": fraction >= TARGETS["fraction_of_bound"] and ttft <= TARGETS["ttft_s"],
             "attention": student.lm.config._attn_implementation, "load_s": round(load_s, 1), "ttft_s": round(ttft, 3),
             "decode_tok_s": round(tps, 2), "decode_tok_s_runs": [round(r[1], 2) for r in runs],
             "bytes_per_token_gb": round(bpt, 3), "bandwidth_gbs": bw,
             "bandwidth_samples_gbs": [max(b["read_gbs"], b["copy_gbs"]) for b in bws],
-            "bound_tok_s": round(bw / bpt, 2), "fraction_of_bound": round(tps * bpt / bw, 3),
+            "bound_tok_s": round(bw / bpt, 2), "fraction_of_bound": round(fraction, 3),
             "peak_rss_gb": round(peak_rss_gb(), 2)}
 
 
-def child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def child(args: list[str], cpu_path: str | None = None) -> dict:
+    """One phase in a fresh process (its own peak RSS); `cpu_path`: as a CPU limited to that path."""
+    env = {**os.environ, **TORCH_AS.get(cpu_path or "", {})}
+    if cpu_path:
+        args = [*args, "--cpu-path", cpu_path]
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"phase": args[1], "error": proc.stderr[-1500:]}
@@ -211,7 +229,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/phi3-full"))
     ap.add_argument("--phase", choices=("all", "build", "train", "infer"), default="all")
     ap.add_argument("--path", default="nf4", choices=sorted(PATHS), help="path for --phase infer")
-    ap.add_argument("--paths", default="nf4,nf4-torch,nf4-sdpa,nf4-hf,bf16", help="inference paths to compare")
+    ap.add_argument("--paths", default="auto,nf4,nf4-torch,nf4-sdpa,nf4-hf,bf16", help="inference paths to compare")
+    ap.add_argument("--cpu-path", default=None, help="run --phase infer as a CPU limited to this path (e.g. AVX2; "
+                    "a full run sets torch's dispatch to match)")
+    ap.add_argument("--avx2-row", default="yes", choices=("yes", "no"),
+                    help="on a CPU wider than AVX2, also run auto as an AVX2-only CPU would")
     ap.add_argument("--steps", type=int, default=2, help="measured training steps")
     ap.add_argument("--dtype", default="float32", help="training compute dtype for --phase train")
     ap.add_argument("--train-dtypes", default="float32,bfloat16", help="training dtypes to compare")
@@ -228,7 +250,7 @@ def main() -> None:
         print(json.dumps(phase_train(base, a.work, a.steps, a.dtype)))
         return
     if a.phase == "infer":
-        print(json.dumps(phase_infer(a.work, a.path, a.new_tokens, a.reps)))
+        print(json.dumps(phase_infer(a.work, a.path, a.new_tokens, a.reps, a.cpu_path)))
         return
     print(json.dumps({"phase": "machine", **describe_cpu(), "native_kernels": unavailable_reason() or "built"}),
           flush=True)
@@ -241,6 +263,10 @@ def main() -> None:
     for path in a.paths.split(",") if "infer" not in a.skip else []:
         r = child(["--phase", "infer", "--path", path, "--work", str(a.work),
                    "--new-tokens", str(a.new_tokens), "--reps", str(a.reps)])
+        print(json.dumps(r), flush=True)
+    if "infer" not in a.skip and a.avx2_row == "yes" and cpu().path not in ("AVX2", "baseline"):
+        r = child(["--phase", "infer", "--path", "auto", "--work", str(a.work), "--new-tokens", str(a.new_tokens),
+                   "--reps", str(a.reps)], cpu_path="AVX2")
         print(json.dumps(r), flush=True)
     print(json.dumps({"phase": "bandwidth-after", **bandwidth_gbs()}), flush=True)
 

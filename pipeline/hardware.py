@@ -2,18 +2,22 @@
 
 The CPU's instruction sets are read once (the `flags` line of /proc/cpuinfo on Linux, else
 PyTorch's own dispatch level) and decide the compute dtype (bf16 where the CPU multiplies it
-natively) and whether the native decode kernels (student/kernels.py) can run.
+natively), whether the native decode kernels (student/kernels.py) can run, and which inference
+path the student takes (student/inference_path.py). `limit_cpu(caps, "AVX2")` is the same CPU with
+the wider paths masked off (Settings.cpu_path, `bench/student.py --cpu-path`): how this machine
+exercises the code an AVX2-only laptop runs.
 """
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl"})  # what "AVX-512" means here (Skylake-X and later)
+CPU_PATHS = ("baseline", "AVX2", "AVX-512", "AVX512-BF16", "AMX-BF16")  # narrowest first
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,39 @@ def cpu() -> CpuCapabilities:
         return _from_torch()
 
 
+def limit_cpu(caps: CpuCapabilities, path: str | None) -> CpuCapabilities:
+    """`caps` with every instruction set wider than `path` (one of CPU_PATHS, any case) masked off;
+    None: `caps` unchanged. It only ever removes: "AMX-BF16" on an AVX2 CPU is still AVX2."""
+    if path is None:
+        return caps
+    names = {p.lower(): i for i, p in enumerate(CPU_PATHS)}
+    if path.lower() not in names:
+        raise ValueError(f"unknown CPU path {path!r}; choose from {', '.join(CPU_PATHS)}")
+    level = names[path.lower()]
+    return replace(caps, avx2=caps.avx2 and level >= 1, avx512=caps.avx512 and level >= 2,
+                   avx512_bf16=caps.avx512_bf16 and level >= 3, amx_bf16=caps.amx_bf16 and level >= 4)
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX)."""
     return cpu().has_bf16
+
+
+def simd_flags() -> list[str]:
+    """The CPU's vector-instruction flags as /proc/cpuinfo lists them (empty elsewhere)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return []
+    line = next((x for x in text.splitlines() if x.partition(":")[0].strip() == "flags"), "")
+    return sorted(f for f in line.partition(":")[2].split() if f.startswith(("avx", "amx", "fma", "f16c")))
 
 
 def describe_cpu() -> dict:
     """The CPU and its code path, for benchmark output (with the load it ran under)."""
     import torch
 
-    return {"cpu_path": cpu().path, **asdict(cpu()), "cores": os.cpu_count(),
+    return {"cpu_path": cpu().path, **asdict(cpu()), "simd_flags": simd_flags(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_avg": [round(x, 2) for x in os.getloadavg()]}
 

@@ -53,6 +53,10 @@ class Settings(StoreSettings):
     native_kernels: bool = True
     """Decode the student with the native CPU kernels (built by scripts/setup.sh, AVX512-BF16 CPUs only;
     checked against bitsandbytes when a decoder starts). False: bitsandbytes' and torch's ops."""
+    cpu_path: str | None = None
+    """Treat this CPU as offering at most this path (pipeline.hardware.CPU_PATHS, e.g. 'AVX2'): the
+    student then picks the inference path such a CPU gets. For trying the AVX2 path on a wider CPU;
+    unset: the CPU's own flags."""
     auth_mode: AuthMode = AuthMode.local
     """'local' (one implicit admin, loopback only), 'password' or 'oidc'."""
     auth_default_role: Role | None = None
@@ -125,6 +129,15 @@ class Settings(StoreSettings):
     @property
     def models_dir(self) -> Path:
         return Path(self.data_dir) / "models"
+
+    @field_validator("cpu_path")
+    @classmethod
+    def _a_cpu_path(cls, value: str | None) -> str | None:
+        from pipeline.hardware import CPU_PATHS
+
+        if value is not None and value.lower() not in {p.lower() for p in CPU_PATHS}:
+            raise ValueError(f"cpu_path must be one of {', '.join(CPU_PATHS)}, not {value!r}")
+        return value
 
     @field_validator("device")
     @classmethod

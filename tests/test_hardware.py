@@ -81,3 +81,29 @@ def test_setup_build_step_never_fails_setup_where_kernels_cannot_run(switch):
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = "native kernels: off" if switch == "0" else f"native kernels: not built ({kernels.cpu_reason()})"
     assert expected in proc.stdout
+
+
+def test_a_cpu_can_be_limited_to_a_narrower_path_never_widened():
+    """limit_cpu (Settings.cpu_path, bench --cpu-path): how this machine runs an AVX2 laptop's path."""
+    from pipeline.hardware import limit_cpu
+
+    zen4, zen3 = parse_cpuinfo(ZEN4), parse_cpuinfo(ZEN3)
+    as_avx2 = limit_cpu(zen4, "avx2")
+    assert (as_avx2.path, as_avx2.avx2, as_avx2.avx512, as_avx2.has_bf16) == ("AVX2", True, False, False)
+    assert limit_cpu(zen4, "AVX-512").path == "AVX-512" and limit_cpu(zen4, None) == zen4
+    assert limit_cpu(zen4, "AMX-BF16") == zen4 and limit_cpu(zen3, "AVX512-BF16") == zen3
+    assert as_avx2.model == zen4.model
+    with pytest.raises(ValueError, match="unknown CPU path"):
+        limit_cpu(zen4, "avx3")
+
+
+def test_settings_take_a_cpu_path_limit_from_the_environment(monkeypatch):
+    from pydantic import ValidationError
+
+    from pipeline.settings import Settings
+
+    monkeypatch.setenv("CAPSTUDIO_CPU_PATH", "AVX2")
+    assert Settings().cpu_path == "AVX2"
+    monkeypatch.setenv("CAPSTUDIO_CPU_PATH", "sse9")
+    with pytest.raises(ValidationError, match="cpu_path"):
+        Settings()

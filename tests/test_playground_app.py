@@ -124,3 +124,23 @@ def test_without_a_student_or_a_teacher_the_page_says_what_to_do(world, monkeypa
     result = _run(at)
     assert "error" in result["teacher"] and result["student"] is None
     assert "build-tiny" in at.error[0].value  # the next step, not a traceback
+
+
+@pytest.mark.parametrize("cpu_path", [None, "AVX2"])
+def test_the_student_says_which_inference_path_runs_and_why(world, monkeypatch, cpu_path):
+    """Under the student's timings: the path its base runs on and why (inference_path.py); with
+    CAPSTUDIO_CPU_PATH=AVX2 this machine takes the path an AVX2-only CPU would."""
+    from pipeline.hardware import cpu, limit_cpu
+    from pipeline.markup import md_escape
+
+    if cpu_path:
+        monkeypatch.setenv("CAPSTUDIO_CPU_PATH", cpu_path)
+    at = _open(world, monkeypatch)
+    result = _run(at)
+    assert md_escape(result["student"]["path"]) in [c.value for c in at.caption]
+    caps = limit_cpu(cpu(), cpu_path)
+    if caps.has_bf16:
+        assert result["student"]["path"].startswith("nf4 · ") and "native NF4 kernels" in result["student"]["path"]
+    else:
+        assert result["student"]["path"].split(" · ")[0] in ("bf16", "fp32")
+        assert "AVX2 without AVX512-BF16: NF4 kernels would run at ~0.2 GB/s" in result["student"]["path"]

@@ -4,6 +4,7 @@ The CPU attention (attention.py and its native one-token kernel) matches float32
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_decoder_uses_the_native_kernel_only_if_it_matches_bitsandbytes(memorise
     from pipeline.student.generate import decoder
     from pipeline.student.kernels import attach_kernels, kernels_of
 
-    student = load_student(memorised_student)
+    student = load_student(memorised_student, path="nf4")
     for m in student.lm.modules():
         if hasattr(m, "support_avx512bf16_for_cpu"):
             m.support_avx512bf16_for_cpu = True  # pack on the first forward, as bitsandbytes does there
@@ -219,7 +220,7 @@ def test_cpu_attention_masks_like_sdpa():
 
 
 @pytest.mark.parametrize("path,attention", [("nf4", "capstudio_cpu"), ("bf16", "capstudio_cpu"),
-                                            ("nf4", "sdpa")])
+                                            ("fp32", "capstudio_cpu"), ("nf4", "sdpa")])
 def test_lean_loop_is_bit_identical_to_generate(memorised_student, path, attention):
     """Every token equals generate()'s: greedy, with repetition penalty and seeded sampling;
     batches of 1 and 6 (native kernel) and 12 (bitsandbytes' tiled kernel); with the loader's
@@ -241,20 +242,37 @@ def test_student_bench_measures_every_path_on_a_tiny_student(tmp_path, tiny_phi3
 
     save_student(build_student(StudentConfig(base_model=str(tiny_phi3)), dtype=torch.bfloat16),
                  tmp_path / "student")
+    import importlib.util
+
     from pipeline.hardware import cpu
     from pipeline.student.kernels import unavailable_reason
 
-    for path in ("nf4", "nf4-torch", "nf4-sdpa", "nf4-hf"):
+    spec = importlib.util.spec_from_file_location("bench_student", REPO / "bench" / "student.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    native = unavailable_reason() is None
+    for path, cpu_path in (("nf4", None), ("nf4-torch", None), ("nf4-sdpa", None), ("nf4-hf", None),
+                           ("fp32", None), ("auto", None), ("auto", "AVX2")):
+        env = {**os.environ, **bench.TORCH_AS.get(cpu_path or "", {})}
         proc = subprocess.run([sys.executable, "bench/student.py", "--phase", "infer", "--work",
-                               str(tmp_path), "--path", path, "--new-tokens", "6", "--reps", "1"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+                               str(tmp_path), "--path", path, "--new-tokens", "6", "--reps", "1",
+                               *(["--cpu-path", cpu_path] if cpu_path else [])],
+                              cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert r["path"] == path and r["new_tokens"] == 6 and r["cpu_path"] == cpu().path
-        assert r["native_kernels"] is (path != "nf4-torch" and unavailable_reason() is None)
+        assert r["path"] == path and r["new_tokens"] == 6 and r["cpu_path"] == (cpu_path or cpu().path)
+        if cpu_path:  # this machine as an AVX2-only one: a dense path, torch's AVX2 kernels, no native ones
+            assert r["inference_path"] in ("bf16", "fp32") and r["why"].startswith("AVX2 without AVX512-BF16")
+            assert r["torch_cpu_capability"] == "AVX2" and r["native_kernels"] is False
+        else:
+            expected = ("nf4" if cpu().has_bf16 else r["inference_path"]) if path == "auto" else path.split("-")[0]
+            assert r["inference_path"] == expected
+            assert r["native_kernels"] is (path != "nf4-torch" and native)
         assert r["attention"] == ("sdpa" if path == "nf4-sdpa" else "capstudio_cpu")
         assert r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["bandwidth_gbs"] > 1
         assert r["fraction_of_bound"] == pytest.approx(r["decode_tok_s"] / r["bound_tok_s"], abs=2e-3)
+        assert r["targets"] == {"fraction_of_bound": 0.5, "ttft_s": 3.0}
+        assert r["meets_targets"] is (r["fraction_of_bound"] >= 0.5 and r["ttft_s"] <= 3.0)
 
 
 def test_gpu_check_runs_its_phases_on_a_cpu_with_a_tiny_model(tmp_path):
@@ -275,10 +293,41 @@ def test_without_native_kernels_both_loops_still_agree(memorised_student):
     from pipeline.student.generate import decoder
     from pipeline.student.kernels import kernels_of
 
-    student = load_student(memorised_student, native_kernels=False)
+    student = load_student(memorised_student, path="nf4", native_kernels=False)
     assert kernels_of(student.lm.get_base_model()) is None
     assert decoder(student).native_kernels is False
     images = [r.image() for r in cifar20_records()]
     for batch in (images[:1], images[:6]):
         for gc in SETTINGS[:2]:
             assert torch.equal(generate_ids(student, batch, config=gc), hf_generate(student, batch, config=gc))
+
+
+@pytest.mark.parametrize("how", [{"path": "bf16"}, {"path": "fp32"}, {"cpu_path": "AVX2"}])
+def test_the_dequantised_paths_write_the_nf4_models_tokens(memorised_student, how):
+    """The AVX2 paths (NF4 base dequantised to bf16 or fp32, LoRA merged, built one layer at a
+    time; "auto" on this machine limited to AVX2) through the lean loop give every greedy token
+    that generate() gives on the trained NF4 model, on all 20 images, with and without a
+    repetition penalty. (Merging rounds W + BA once, where the NF4 path rounds W x and (BA) x
+    separately: equal tokens here because the memorised student's margins are wide; a model with
+    near-ties could differ by a token, as any change of rounding can.)"""
+    import torch.nn as nn
+
+    from pipeline.student.inference_path import InferencePath
+
+    nf4 = load_student(memorised_student, path="nf4")
+    dense = load_student(memorised_student, **how)
+    assert dense.inference.path in (InferencePath.bf16, InferencePath.fp32)
+    if "path" in how:
+        assert dense.inference.path.value == how["path"]
+    else:  # the machine's own flags say AVX512-BF16 at most; limited, it must not pick NF4
+        assert "AVX2 without AVX512-BF16" in dense.inference.reason
+    dtype = torch.bfloat16 if dense.inference.path == InferencePath.bf16 else torch.float32
+    layer = dense.lm.model.layers[0]
+    for proj in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+        assert type(proj) is nn.Linear and proj.weight.dtype == dtype  # no 4-bit layer, no peft wrapper
+    assert not any(hasattr(m, "lora_A") or hasattr(getattr(m, "weight", None), "quant_state")
+                   for m in dense.lm.modules())
+    images = [r.image() for r in cifar20_records()]
+    for gc in SETTINGS[:2]:
+        for batch in (images[:1], images):
+            assert torch.equal(generate_ids(dense, batch, config=gc), hf_generate(nf4, batch, config=gc)), (how, gc)

@@ -14,6 +14,7 @@ from pipeline.services.playground import (
     load_playground_teacher,
     no_student_message,
     open_playground,
+    student_path,
 )
 from pipeline.services.streaming import GenerationConfig, stream_student, stream_teacher, teacher_tile
 
@@ -28,8 +29,8 @@ def teacher_model(model: str, device: str):
 
 
 @st.cache_resource(show_spinner="Loading the student…", max_entries=3)
-def student_model(folder: str):
-    return load_playground_student(folder, native_kernels=settings.native_kernels)
+def student_model(folder: str, cpu_path: str | None):
+    return load_playground_student(folder, native_kernels=settings.native_kernels, cpu_path=cpu_path)
 
 
 def literal(pieces):
@@ -57,7 +58,8 @@ def run_one(kind: str, image, load, stream_for) -> dict:
         return {"error": f"The {kind} failed while generating: {err}"}
     t = stream.timings
     return {"text": stream.text, "ttft": t.ttft_s, "tps": t.tokens_per_s, "total": t.total_s,
-            "tokens": t.new_tokens, "tile": teacher_tile(model, image) if kind == "teacher" else None}
+            "tokens": t.new_tokens, "tile": teacher_tile(model, image) if kind == "teacher" else None,
+            "path": student_path(model) if kind == "student" else None}
 
 
 def show(kind: str, outcome: dict | None) -> None:
@@ -70,6 +72,8 @@ def show(kind: str, outcome: dict | None) -> None:
         ttft = f"{outcome['ttft']:.2f} s" if outcome["ttft"] is not None else "—"
         st.caption(f"first token {ttft} · {outcome['tps']:.1f} tokens/s · total {outcome['total']:.2f} s "
                    f"· {outcome['tokens']} tokens", help=f"{kind} timings")
+        if outcome.get("path"):
+            st.caption(md_escape(outcome["path"]), help="how the student's base runs on this machine, and why")
 
 
 st.title("Playground")
@@ -147,7 +151,7 @@ if run:
                                         lambda m: stream_teacher(m, image, params))
     if student:
         with cols[1]:
-            result["student"] = run_one("student", image, lambda: student_model(students[student]),
+            result["student"] = run_one("student", image, lambda: student_model(students[student], settings.cpu_path),
                                         lambda m: stream_student(m, image, params))
     st.session_state[RESULT] = result
     st.rerun()

@@ -102,7 +102,8 @@ def evaluate_command(
     split: str = typer.Option("validation", help="Snapshot split: validation or train."),
     name: str | None = typer.Option(None, help="Name of the evaluation folder under <student>/evaluations/."),
     inference_path: str = typer.Option(
-        "nf4", help="Inference path: nf4 (4-bit base as trained; fastest on CPU) or bf16 (dequantised, LoRA merged)."),
+        "auto", help="Inference path: auto (chosen from the CPU and memory), nf4 (4-bit base as trained; fastest "
+        "with AVX512-BF16), bf16 or fp32 (dequantised, LoRA merged; the AVX2 paths)."),
     seed: int = typer.Option(0, help="Seed for shuffling and sampling."),
     limit: int = typer.Option(0, help="Evaluate only the first N items (0: all)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -124,7 +125,7 @@ def evaluate_command(
              if snapshot else items_from_folder(images))
     items = items[:limit] if limit else items
     with JobReporter(Settings(), job_id) as job:
-        model = load_student(student, path=inference_path, device=device)
+        model = load_student(student, path=inference_path, device=device, cpu_path=Settings().cpu_path)
         out_dir = evaluation_dir(student, name)
         result = evaluate(student=model, items=items, out_dir=out_dir, generation=gen, seed=seed,
                           source=f"{snapshot}:{split}" if snapshot else str(images),

@@ -161,17 +161,25 @@ def load_playground_teacher(model: str, *, device: str = "auto") -> Teacher:
         ) from exc
 
 
-def load_playground_student(folder: str, *, device: str = "cpu",
-                            native_kernels: bool = True):
+def load_playground_student(folder: str, *, device: str = "cpu", native_kernels: bool = True,
+                            cpu_path: str | None = None):
+    """The student on the inference path chosen for this CPU (limited to Settings.cpu_path) and
+    its memory; `student_path(student)` says which and why."""
     from pipeline.student.loader import load_student
 
     try:
-        return load_student(Path(folder), device=device, native_kernels=native_kernels)
+        return load_student(Path(folder), device=device, native_kernels=native_kernels, cpu_path=cpu_path)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelUnavailable(
             f"The student in {folder} cannot be loaded ({type(exc).__name__}: {exc}). Check that its "
             f"base model is available offline, or {TRAIN_HINT}."
         ) from exc
+
+
+def student_path(student) -> str:
+    """One line for the page: the path the student's base runs on, and why (inference_path.py)."""
+    choice = student.inference
+    return "inference path: not recorded" if choice is None else f"{choice.path.value} · {choice.reason}"
 
 
 def no_student_message() -> str:

@@ -63,7 +63,7 @@ def run_compare(settings: Settings, *, student_dir: Path, snapshot: str, split: 
     records = getattr(snap, split)
     if not records:
         raise ValueError(f"snapshot {snap.snapshot_id} has no {split} items")
-    student = load_student(Path(student_dir), native_kernels=settings.native_kernels)
+    student = load_student(Path(student_dir), native_kernels=settings.native_kernels, cpu_path=settings.cpu_path)
     rows: list[dict] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]

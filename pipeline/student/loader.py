@@ -11,15 +11,23 @@ from pathlib import Path
 
 import torch
 
+from pipeline.hardware import cpu, limit_cpu
 from pipeline.student.config import StudentConfig
+from pipeline.student.inference_path import (
+    DENSE_PATHS,
+    InferencePath,
+    ModelSizes,
+    PathChoice,
+    choose_path,
+    free_memory,
+    probe_dense_speed,
+)
 from pipeline.student.model import PatchProjector, Student
 
-# "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py), with
-#         the native NF4 and attention kernels where they run: the fewest bytes read per token.
-# "bf16": the NF4 base dequantised to bf16 with LoRA merged in (the same function, no adapter
-#         overhead), but 16 bits per weight instead of 4. bench/student.py measures both (README).
-INFERENCE_PATHS = ("nf4", "bf16")
-DEFAULT_INFERENCE_PATH = "nf4"
+# How the base runs for inference (inference_path.py): "auto" chooses from the CPU and memory;
+# "nf4" (the 4-bit base as trained), "bf16" and "fp32" (dequantised, LoRA merged) force one.
+INFERENCE_PATHS = ("auto", *(p.value for p in InferencePath))
+DEFAULT_INFERENCE_PATH = "auto"
 STUDENT_FILES = ("student.json", "projector.safetensors", "adapter")
 
 
@@ -46,7 +54,18 @@ def load_base(base_model: str, *, quantize_4bit: bool, dtype: torch.dtype, devic
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if model.config.model_type != "phi3":
         raise ValueError(f"{base_model} is a {model.config.model_type!r} model, expected phi3")
+    if quantize_4bit and device == "cpu":
+        _own_memory(model)
     return model
+
+
+def _own_memory(model) -> None:
+    """Copy the parameters that are still views of the checkpoint's memory map (embeddings, LM
+    head, norms) into memory of their own, so the map closes: otherwise every page of the bf16
+    checkpoint that quantisation read stays resident in this process (7.6 GB for Phi-3-mini)."""
+    for p in model.parameters():  # each parameter once, so tied weights stay one parameter
+        if not hasattr(p, "quant_state"):
+            p.data = p.data.clone()
 
 
 def set_fused_cpu_kernel(model, enabled: bool) -> None:
@@ -89,16 +108,75 @@ def build_student(cfg: StudentConfig, *, dtype: torch.dtype, device: str = "cpu"
     return Student(lm, projector, load_tokenizer(cfg.base_model), cfg)
 
 
+def pick_path(base_model: str, *, path: str = DEFAULT_INFERENCE_PATH, device: str = "cpu",
+              cpu_path: str | None = None) -> PathChoice:
+    """The inference path for a student on `base_model` here: `path` if forced, else choose_path
+    from this CPU (limited to `cpu_path`, Settings.cpu_path), free memory and the model's size
+    (and, where a dense path is in question, one measured matmul per dtype)."""
+    from transformers import AutoConfig
+
+    if path not in INFERENCE_PATHS:
+        raise ValueError(f"unknown inference path {path!r}; choose from {INFERENCE_PATHS}")
+    if path != "auto":
+        return PathChoice(InferencePath(path), f"{path} asked for (path={path!r})")
+    caps = limit_cpu(cpu(), cpu_path)
+    sizes = ModelSizes.of_config(AutoConfig.from_pretrained(base_model))
+    speeds = probe_dense_speed() if device == "cpu" and not caps.has_bf16 else None
+    return choose_path(caps, sizes=sizes, free=free_memory(), device=device, speeds=speeds)
+
+
+def _quantised(module):
+    """The bitsandbytes 4-bit layer a module is or wraps (a peft LoRA layer), else None."""
+    layer = module.get_base_layer() if hasattr(module, "lora_A") else module
+    return layer if hasattr(getattr(layer, "weight", None), "quant_state") else None
+
+
+def dequantise_merged(lm, dtype: torch.dtype):
+    """The peft model's base with every 4-bit projection replaced, one at a time, by a dense
+    `nn.Linear` in `dtype` holding dequant(W) + its LoRA delta (peft's own merge arithmetic,
+    in float32, rounded once), and the rest cast to `dtype`. One layer's NF4 copy is freed as
+    its dense one is made, so peak memory stays near the dense model's size (unlike
+    `dequantize()` of the whole base followed by `merge_and_unload()`)."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    base = lm.get_base_model()
+    # names, not modules: a list of modules would keep every 4-bit copy alive to the end
+    names = [n for n, m in base.named_modules() if not n.endswith(".base_layer") and _quantised(m) is not None]
+    for name in names:
+        module = base.get_submodule(name)
+        layer = _quantised(module)
+        qs = layer.weight.quant_state
+        if getattr(qs, "packing_format_for_cpu", False):
+            raise RuntimeError(f"{name} is already repacked for bitsandbytes' CPU kernel")
+        w = dequantize_bnb_weight(layer.weight, state=qs).float()
+        layer.weight = None  # bitsandbytes' Params4bit points back at its layer: break the cycle, free it now
+        if layer is not module:
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    w += module.get_delta_weight(adapter).float()
+        dense = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        dense.weight = torch.nn.Parameter(w.to(dtype), requires_grad=False)  # no init, no copy in fp32
+        if layer.bias is not None:
+            dense.bias = torch.nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
+        parent, _, attr = name.rpartition(".")
+        setattr(base.get_submodule(parent), attr, dense)
+        del w, layer, module
+    if getattr(base, "hf_quantizer", None) is not None:  # no 4-bit layer left: a plain model again
+        base.hf_quantizer.remove_quantization_config(base)
+    return base.to(dtype)
+
+
 def load_student(
     folder: Path, *, path: str = DEFAULT_INFERENCE_PATH, device: str = "cpu",
-    dtype: torch.dtype = torch.bfloat16, native_kernels: bool = True,
+    dtype: torch.dtype = torch.bfloat16, native_kernels: bool = True, cpu_path: str | None = None,
 ) -> Student:
     """Rebuild a trained student (or a checkpoint folder) for inference, in eval mode.
 
-    `path` picks how the base runs (INFERENCE_PATHS); `dtype` is the compute dtype of the
-    non-quantised parts (bf16: the bitsandbytes CPU kernel computes in bf16 anyway).
-    `native_kernels` (Settings.native_kernels): on a CPU, decode with the kernels setup.sh built
-    where this CPU runs them (kernels.py); False: bitsandbytes' and torch's ops.
+    `path` picks how the base runs (INFERENCE_PATHS; "auto": pick_path, for this CPU limited to
+    `cpu_path`); the choice and its reason are `student.inference`. `dtype` is the compute dtype
+    of the NF4 path's non-quantised parts (bf16: the bitsandbytes CPU kernel computes in bf16
+    anyway). `native_kernels` (Settings.native_kernels): on a CPU, decode with the kernels
+    setup.sh built where this CPU (as limited) runs them (kernels.py); False: torch's ops.
     """
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -107,26 +185,27 @@ def load_student(
     for name in STUDENT_FILES:
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder} is not a student folder: missing {name}")
-    if path not in INFERENCE_PATHS:
-        raise ValueError(f"unknown inference path {path!r}; choose from {INFERENCE_PATHS}")
     cfg = StudentConfig.from_json(folder / "student.json")
+    choice = pick_path(cfg.base_model, path=path, device=device, cpu_path=cpu_path)
     base = load_base(cfg.base_model, quantize_4bit=cfg.quantize_4bit, dtype=dtype, device=device)
     set_fused_cpu_kernel(base, True)
-    if path == "bf16" and cfg.quantize_4bit:
-        base = base.dequantize()  # the exact weights the adapters were trained against
     lm = PeftModel.from_pretrained(base, folder / "adapter")
     _assert_adapters(lm, cfg)
-    if path == "bf16":
-        lm = lm.merge_and_unload()
+    if choice.path in DENSE_PATHS:  # the exact weights the adapters were trained against, merged
+        dense = torch.bfloat16 if choice.path == InferencePath.bf16 else torch.float32
+        lm = base = dequantise_merged(lm, dense) if cfg.quantize_4bit else lm.merge_and_unload().to(dense)
     if device == "cpu":  # float32 attention: faster than sdpa's flash kernel for decoding (nf4-sdpa row)
         from pipeline.student.attention import register
         from pipeline.student.kernels import attach_kernels, load_kernels
 
+        caps = limit_cpu(cpu(), cpu_path)
+        native = native_kernels and caps.avx512 and caps.avx512_bf16  # what the kernels need
         base.set_attn_implementation(register())
-        attach_kernels(base, load_kernels() if native_kernels else None)
+        attach_kernels(base, load_kernels() if native else None)
     projector = PatchProjector(cfg, base.config.hidden_size)
     projector.load_state_dict(load_file(folder / "projector.safetensors"))
     student = Student(lm, projector.to(device), load_tokenizer(cfg.base_model), cfg)
+    student.inference = choice
     return student.eval().requires_grad_(False)
 
 

@@ -118,6 +118,8 @@ def collate(examples: list[tuple[list[int], list[int]]], *, pad_id: int) -> dict
 class Student(nn.Module):
     """Phi-3 (with LoRA, possibly merged) + patch projector + tokenizer + prompt layout."""
 
+    inference = None  # load_student's PathChoice (inference_path.py): how the base runs, and why
+
     def __init__(self, lm: nn.Module, projector: PatchProjector, tokenizer, cfg: StudentConfig):
         super().__init__()
         self.lm = lm

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline.student.config import StudentConfig
-from pipeline.student.model import PatchProjector, Student
+from pipeline.student.model import Student, build_projector
 
 # "nf4":  the 4-bit base as trained, LoRA unmerged, decoded by the lean loop (decode.py), with
 #         the native NF4 and attention kernels where they run: the fewest bytes read per token.
@@ -85,7 +85,7 @@ def build_student(cfg: StudentConfig, *, dtype: torch.dtype, device: str = "cpu"
     for p in base.parameters():
         p.requires_grad_(False)
     lm = attach_lora(base, cfg)
-    projector = PatchProjector(cfg, base.config.hidden_size).to(device)
+    projector = build_projector(cfg, base.config.hidden_size).to(device)
     return Student(lm, projector, load_tokenizer(cfg.base_model), cfg)
 
 
@@ -124,7 +124,7 @@ def load_student(
 
         base.set_attn_implementation(register())
         attach_kernels(base, load_kernels() if native_kernels else None)
-    projector = PatchProjector(cfg, base.config.hidden_size)
+    projector = build_projector(cfg, base.config.hidden_size)  # student.json without `projector`: mlp
     projector.load_state_dict(load_file(folder / "projector.safetensors"))
     student = Student(lm, projector.to(device), load_tokenizer(cfg.base_model), cfg)
     return student.eval().requires_grad_(False)

@@ -3,7 +3,8 @@
     python -m pipeline train --snapshot data/exports/<id> --out data/students/<name>
 
 The folder gets adapter/, projector.safetensors, student.json, train.json, snapshot.json,
-metrics.json, loss_curve.jsonl (+ .png) and checkpoints/ (the latest, for resuming).
+metrics.json, loss_curve.jsonl (+ .png), checkpoints/ (the latest, for resuming) and, with early
+stopping, best/ (the weights of the lowest validation loss, which become the student's at the end).
 """
 from __future__ import annotations
 

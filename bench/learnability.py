@@ -107,7 +107,20 @@ def main() -> None:
                     help="one run per seed (one JSON line each), then a summary line with mean and spread")
     ap.add_argument("--dtype", default="float32",
                     help="training compute dtype; fp32 measured 2x faster than bf16 at this tiny width")
-    ap.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/shifts")
+    ap.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/shifts (nor jitter, crops)")
+    ap.add_argument("--color-jitter", type=float, default=0.0, help="TrainConfig.color_jitter (0: off)")
+    ap.add_argument("--crop-scale", type=float, default=1.0, help="TrainConfig.crop_scale (1: off)")
+    ap.add_argument("--projector", choices=("mlp", "conv"), default="mlp", help="StudentConfig.projector")
+    ap.add_argument("--projector-hidden", type=int, default=512)
+    ap.add_argument("--conv-channels", type=int, default=32, help="StudentConfig.conv_channels (conv projector)")
+    ap.add_argument("--early-stopping", action="store_true",
+                    help="keep the lowest-validation-loss weights (needs --val-per-class)")
+    ap.add_argument("--val-per-class", type=int, default=0,
+                    help="gold pairs per class (on average) moved to the validation split, out of --n-per-class")
+    ap.add_argument("--eval-every", type=int, default=50, help="validation every N steps when there is a split")
+    ap.add_argument("--patience", type=int, default=0, help="TrainConfig.patience (evaluations without a new best)")
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--lora-dropout", type=float, default=0.0)
     ap.add_argument("--work", type=Path, default=None, help="keep artefacts here (default: temp dir)")
     args = ap.parse_args()
     rows = []
@@ -140,14 +153,18 @@ def run(args: argparse.Namespace, seed: int) -> dict:
     weak = [SnapshotRecord(image_png=f.read_bytes(), text=weak_caption(c, rng, args.weak_error_rate), label=c,
                            item_id=f"weak/{c}/{f.name}")
             for c, fs in train_files.items() for f in fs[n_gold:n_gold + args.weak_per_class]]
-    snap = write_snapshot(records, work / "snapshots", val_fraction=0.0, seed=args.seed, weak_records=weak)
+    val_fraction = args.val_per_class / n_gold
+    snap = write_snapshot(records, work / "snapshots", val_fraction=val_fraction, seed=args.seed, weak_records=weak)
     base = build_tiny_phi3(work / "base", tokenizer_dir=find_phi3_tokenizer_dir(), hidden=args.hidden,
                            layers=args.layers, intermediate=2 * args.hidden, init_std=args.init_std, seed=args.seed)
-    sc = StudentConfig(base_model=str(base), patch_size=args.patch_size, projector_hidden=512,
-                       lora_r=16, lora_alpha=32, lora_dropout=0.0)
+    sc = StudentConfig(base_model=str(base), patch_size=args.patch_size, projector_hidden=args.projector_hidden,
+                       projector=args.projector, conv_channels=args.conv_channels,
+                       lora_r=16, lora_alpha=32, lora_dropout=args.lora_dropout)
     tc = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr_lora=args.lr_lora,
                      lr_projector=args.lr_projector, warmup_ratio=0.05, checkpoint_every=0,
-                     weight_decay=0.01, augment=args.augment, dtype=args.dtype, seed=args.seed,
+                     eval_every=args.eval_every if val_fraction else 0, early_stopping=args.early_stopping,
+                     patience=args.patience, color_jitter=args.color_jitter, crop_scale=args.crop_scale,
+                     weight_decay=args.weight_decay, augment=args.augment, dtype=args.dtype, seed=args.seed,
                      weak_mode=args.weak_mode if weak else "off", weak_steps=args.weak_steps if weak else 0,
                      weak_weight=args.weak_weight)
     t_train = time.perf_counter()
@@ -164,6 +181,8 @@ def run(args: argparse.Namespace, seed: int) -> dict:
     return {"real": acc["real"], "blank": acc["blank"], "shuffled": acc["shuffled"],
             "n_gold": len(records), "n_weak": len(weak), "weak_error_rate": args.weak_error_rate,
             "weak_mode": args.weak_mode if weak else "off", "seed": args.seed, "augment": args.augment,
+            "color_jitter": args.color_jitter, "crop_scale": args.crop_scale, "projector": args.projector,
+            "n_val": metrics["n_validation"], "early_stopping": metrics.get("early_stopping"),
             "n_eval": len(items), "steps": metrics["optimizer_steps"],
             "final_train_loss": round(metrics["final_train_loss"], 4), "train_seconds": round(train_s, 1),
             "total_seconds": round(time.perf_counter() - t0, 1),

@@ -82,19 +82,24 @@ def save_checkpoint(*, student: Student, optimizer, scheduler, step: int, out_di
     return final
 
 
-def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) -> dict:
-    """Load adapter, projector, optimizer, scheduler and RNG state; returns state.json."""
+def restore_weights(student: Student, folder: Path) -> None:
+    """Load a saved student's adapter and projector weights (save_student's files) into `student`."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    adapter = load_file(Path(folder) / "adapter" / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(student.lm, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"{folder}: adapter has unexpected keys: {result.unexpected_keys[:3]}")
+    student.projector.load_state_dict(load_file(Path(folder) / "projector.safetensors"))
+
+
+def restore_checkpoint(*, ckpt: Path, student: Student, optimizer, scheduler) -> dict:
+    """Load adapter, projector, optimizer, scheduler and RNG state; returns state.json."""
     # map to the CPU: a GPU-written checkpoint must resume on a CPU-only machine too
     # (load_state_dict moves the optimizer state to the parameters' device); refused before any change
     blob = load_optimizer_state(Path(ckpt) / "optimizer.pt")  # never unpickles code
-    adapter = load_file(ckpt / "adapter" / "adapter_model.safetensors")
-    result = set_peft_model_state_dict(student.lm, adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise RuntimeError(f"checkpoint adapter has unexpected keys: {result.unexpected_keys[:3]}")
-    student.projector.load_state_dict(load_file(ckpt / "projector.safetensors"))
+    restore_weights(student, Path(ckpt))
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])

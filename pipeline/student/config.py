@@ -15,6 +15,7 @@ __all__ = ["PHI3_LORA_TARGETS", "GenerationConfig", "StudentConfig", "TrainConfi
 PHI3_LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16")
 WEAK_MODES = ("off", "warmup", "mix")
+PROJECTORS = ("mlp", "conv")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class StudentConfig(JsonConfig):
     image_size: int = doc(32, "Images are resized to this square size (RGB).")
     patch_size: int = doc(4, "Patch side in pixels; must divide image_size: 4 -> 64 image tokens, 8 -> 16.")
     projector_hidden: int = doc(1024, "Hidden width of the patch projector MLP.")
+    projector: str = doc("mlp", "Image path: mlp (each patch's pixels -> MLP) or conv (a small convolutional stem "
+                         "trained from scratch: 3 -> conv_channels -> 2x conv_channels, two stride-2 3x3 layers, "
+                         "then each patch's features -> MLP). A student folder without this field is an mlp one.")
+    conv_channels: int = doc(32, "conv projector: channels of its first layer (the second has twice as many).")
     lora_r: int = doc(8, "LoRA rank.")
     lora_alpha: int = doc(32, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = doc(0.05, "Dropout on the LoRA inputs, in [0, 1).")
@@ -40,6 +45,10 @@ class StudentConfig(JsonConfig):
         check(self.image_size % self.patch_size == 0,
               f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         check(self.projector_hidden > 0, "projector_hidden must be > 0")
+        check(self.projector in PROJECTORS, f"projector must be one of {', '.join(PROJECTORS)}")
+        check(self.conv_channels > 0, "conv_channels must be > 0")
+        check(self.projector != "conv" or self.patch_size % 4 == 0,
+              "the conv projector quarters the image side first: patch_size must be a multiple of 4")
         check(self.lora_r > 0 and self.lora_alpha > 0, "lora_r and lora_alpha must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)")
         check(len(self.lora_targets) > 0, "lora_targets must name at least one module")
@@ -73,6 +82,13 @@ class TrainConfig(JsonConfig):
     eval_every: int = doc(0, "Validation loss every N steps (0: at each checkpoint and at the end).")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
     augment: bool = doc(False, "Random horizontal flips and 2-pixel shifts of training images.")
+    color_jitter: float = doc(0.0, "With augment: random brightness, contrast and saturation factors in "
+                              "[1-x, 1+x] per training image, in [0, 1) (0: off).")
+    crop_scale: float = doc(1.0, "With augment: random crops of crop_scale..1 of the image area (aspect 3/4..4/3), "
+                            "resized back, in (0, 1] (1: off).")
+    early_stopping: bool = doc(False, "Keep the weights with the lowest validation loss (evaluated every eval_every "
+                               "steps) rather than the last ones; needs a validation split.")
+    patience: int = doc(0, "early_stopping: stop after this many evaluations without a new best (0: run every step).")
     dtype: str = doc("auto", "Compute dtype: auto (bf16 on GPU and AVX512-BF16 CPUs, else fp32), float32, bfloat16.")
     seed: int = doc(0, "Seeds initialisation, shuffling and dropout.")
     weak_mode: str = doc("off", "Use of the snapshot's weak split (unreviewed teacher drafts): off, warmup "
@@ -93,4 +109,9 @@ class TrainConfig(JsonConfig):
         check(self.weak_mode != "warmup" or self.weak_steps > 0, "weak_mode warmup needs weak_steps > 0")
         check(self.weak_steps >= 0, "weak_steps must be >= 0")
         check(0.0 < self.weak_weight <= 1.0, "weak_weight must be in (0, 1]")
+        check(0.0 <= self.color_jitter < 1.0, "color_jitter must be in [0, 1)")
+        check(0.0 < self.crop_scale <= 1.0, "crop_scale must be in (0, 1]")
+        check(self.patience >= 0, "patience must be >= 0")
+        check(not self.early_stopping or self.eval_every > 0 or self.checkpoint_every > 0,
+              "early_stopping needs validation during training: eval_every > 0 (or checkpoint_every > 0)")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")

@@ -22,7 +22,7 @@ from pipeline.student.inference_path import (
     free_memory,
     probe_dense_speed,
 )
-from pipeline.student.model import PatchProjector, Student
+from pipeline.student.model import Student, build_projector
 
 # How the base runs for inference (inference_path.py): "auto" chooses from the CPU and memory;
 # "nf4" (the 4-bit base as trained), "bf16" and "fp32" (dequantised, LoRA merged) force one.
@@ -104,7 +104,7 @@ def build_student(cfg: StudentConfig, *, dtype: torch.dtype, device: str = "cpu"
     for p in base.parameters():
         p.requires_grad_(False)
     lm = attach_lora(base, cfg)
-    projector = PatchProjector(cfg, base.config.hidden_size).to(device)
+    projector = build_projector(cfg, base.config.hidden_size).to(device)
     return Student(lm, projector, load_tokenizer(cfg.base_model), cfg)
 
 
@@ -202,7 +202,7 @@ def load_student(
         native = native_kernels and caps.avx512 and caps.avx512_bf16  # what the kernels need
         base.set_attn_implementation(register())
         attach_kernels(base, load_kernels() if native else None)
-    projector = PatchProjector(cfg, base.config.hidden_size)
+    projector = build_projector(cfg, base.config.hidden_size)  # student.json without `projector`: mlp
     projector.load_state_dict(load_file(folder / "projector.safetensors"))
     student = Student(lm, projector.to(device), load_tokenizer(cfg.base_model), cfg)
     student.inference = choice

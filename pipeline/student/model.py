@@ -1,7 +1,9 @@
-"""The image path into Phi-3: patchify -> patch MLP + learned positions -> spliced embeddings.
+"""The image path into Phi-3: patchify -> patch MLP (or a small conv stem) + learned positions ->
+spliced embeddings.
 
 No pretrained image encoder: each 32x32 image becomes n_patches vectors in Phi-3's embedding
 space that replace the `<|placeholder1|>` tokens of the chat prompt, for training and prefill.
+StudentConfig.projector picks PatchProjector ("mlp") or ConvProjector ("conv"), both from scratch.
 """
 from __future__ import annotations
 
@@ -66,6 +68,44 @@ class PatchProjector(nn.Module):
         return self.mlp(patches) + self.pos  # (B, N, D)
 
 
+class ConvProjector(nn.Module):
+    """A convolutional stem trained from scratch, then one token per patch into the LM space.
+
+    3 -> c -> 2c channels, two 3x3 convolutions at stride 2 (each with GroupNorm and GELU), so a
+    32x32 image becomes an 8x8 map; its (p/4)x(p/4) blocks give the same n_patches tokens as
+    PatchProjector, each mapped by the projector MLP (projector_hidden wide) into the LM width,
+    plus learned positions. Two stride-2 layers keep it ~4x cheaper than full-resolution ones.
+    """
+
+    def __init__(self, cfg: StudentConfig, lm_hidden: int):
+        super().__init__()
+        c = cfg.conv_channels
+        self.block = cfg.patch_size // 4
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, stride=2, padding=1), nn.GroupNorm(_groups(c), c), nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(_groups(2 * c), 2 * c), nn.GELU(),
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * c * self.block * self.block, cfg.projector_hidden),
+            nn.GELU(),
+            nn.Linear(cfg.projector_hidden, lm_hidden),
+        )
+        self.pos = nn.Parameter(torch.randn(cfg.n_patches, lm_hidden) * 0.02)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        feats = patchify(self.stem(pixels), patch_size=self.block)  # (B, N, 2c*(p/4)^2), raster order
+        return self.mlp(feats) + self.pos  # (B, N, D)
+
+
+def _groups(channels: int) -> int:
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def build_projector(cfg: StudentConfig, lm_hidden: int) -> nn.Module:
+    """A fresh projector of the kind cfg.projector names."""
+    return ConvProjector(cfg, lm_hidden) if cfg.projector == "conv" else PatchProjector(cfg, lm_hidden)
+
+
 @dataclass(frozen=True)
 class PromptLayout:
     """Token ids of the chat prompt that precedes every caption."""
@@ -120,7 +160,7 @@ class Student(nn.Module):
 
     inference = None  # load_student's PathChoice (inference_path.py): how the base runs, and why
 
-    def __init__(self, lm: nn.Module, projector: PatchProjector, tokenizer, cfg: StudentConfig):
+    def __init__(self, lm: nn.Module, projector: nn.Module, tokenizer, cfg: StudentConfig):
         super().__init__()
         self.lm = lm
         self.projector = projector

@@ -3,7 +3,8 @@
     python -m pipeline train --snapshot data/exports/<id> --out data/students/<name>
 
 The folder gets adapter/, projector.safetensors, student.json, train.json, snapshot.json,
-metrics.json, loss_curve.jsonl (+ .png) and checkpoints/ (the latest, for resuming).
+metrics.json, loss_curve.jsonl (+ .png), checkpoints/ (the latest, for resuming) and, with early
+stopping, best/ (the weights of the lowest validation loss, which become the student's at the end).
 """
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ import torch
 from pipeline.data.snapshot import SnapshotRecord, verify_snapshot
 from pipeline.hardware import cpu_has_bf16, resolve_device
 from pipeline.student import distributed as ddp
-from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from pipeline.student.augment import augment_pixels
+from pipeline.student.checkpoint import latest_checkpoint, restore_checkpoint, restore_weights, save_checkpoint
 from pipeline.student.config import StudentConfig, TrainConfig
 from pipeline.student.loader import build_student, save_student
 from pipeline.student.model import Student, build_example, collate
 
+__all__ = ["augment_pixels", "train"]
+
+BEST = "best"  # early stopping: the weights of the lowest validation loss so far
 ProgressFn = Callable[[int, int, dict], None]
 StopFn = Callable[[], bool]
 
@@ -78,20 +83,14 @@ class _Data:
         self.pixels = student.pixels([r.image() for r in records]) if records else None
         self.pad_id = student.tokenizer.pad_token_id
 
-    def batch(self, idx: list[int], device: str, *, augment: bool = False) -> dict:
+    def batch(self, idx: list[int], device: str, *, tc: TrainConfig | None = None) -> dict:
+        """Micro-batch `idx`; augmented as tc says (tc None or tc.augment off: the pixels as they are)."""
         b = collate([self.examples[i] for i in idx], pad_id=self.pad_id)
-        b["pixels"] = augment_pixels(self.pixels[idx]) if augment else self.pixels[idx]
+        px = self.pixels[idx]
+        if tc is not None and tc.augment:
+            px = augment_pixels(px, color_jitter=tc.color_jitter, crop_scale=tc.crop_scale)
+        b["pixels"] = px
         return {k: v.to(device) for k, v in b.items()}
-
-
-def augment_pixels(x: torch.Tensor, *, shift: int = 2) -> torch.Tensor:
-    """Random horizontal flip and random shift (reflect-padded crop) per image; (B, 3, H, W)."""
-    b, _, h, w = x.shape
-    flip = torch.rand(b) < 0.5
-    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    padded = torch.nn.functional.pad(x, (shift,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, b)).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
 @torch.no_grad()
@@ -133,6 +132,8 @@ def train(
     snap = verify_snapshot(Path(snapshot_dir), expected_hash=expected_hash)  # refuses an edited or swapped file
     if not snap.train:
         raise ValueError(f"snapshot {snap.snapshot_id} has an empty train split")
+    if tc.early_stopping and not snap.validation:
+        raise ValueError(f"early_stopping needs a validation split; snapshot {snap.snapshot_id} has none")
     if tc.weak_mode != "off" and not snap.weak:
         raise ValueError(f"weak_mode={tc.weak_mode} but snapshot {snap.snapshot_id} has no weak split: "
                          "export it with the weak drafts (`python -m pipeline export --include-weak-drafts`)")
@@ -158,22 +159,23 @@ def train(
          {"params": lora_params, "lr": tc.lr_lora}], weight_decay=tc.weight_decay)
     total = total_steps_for(len(snap.train), tc) + (tc.weak_steps if tc.weak_mode == "warmup" else 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, tc))
-    step, sessions = 0, []
+    step, sessions, best = 0, [], {"step": None, "val_loss": None, "since": 0}
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         state = restore_checkpoint(ckpt=ckpt, student=student, optimizer=optimizer, scheduler=scheduler)
         step, sessions = state["step"], state.get("sessions", [])
+        best = state.get("best", best)
     curve = _LossCurve(out_dir / "loss_curve.jsonl", keep_until=step, write=ranks.is_main)
     sessions.append({"start_step": step, "started_at": time.time()})
     student.train()
     bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and ranks.is_main))
-    status, last_val = "completed", None
+    status, last_val, halted = "completed", None, False
 
     def checkpoint() -> None:
         sessions[-1]["end_step"] = step
         if ranks.is_main:
             save_checkpoint(student=student, optimizer=optimizer, scheduler=scheduler, step=step,
-                            out_dir=out_dir, extra={"sessions": sessions, "total_steps": total})
+                            out_dir=out_dir, extra={"sessions": sessions, "total_steps": total, "best": best})
             curve.plot(out_dir / "loss_curve.png")
         if ranks.active:
             ddp.barrier()
@@ -203,10 +205,16 @@ def train(
         if step == total or (tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and at_ckpt):
             last_val = row["val_loss"] = validation_loss(student, val_data, device=device,
                                                          batch_size=tc.batch_size) if ranks.is_main else None
+            if tc.early_stopping:
+                _keep_if_best(student, last_val, step, best, out_dir, ranks)
+                halted = bool(tc.patience) and best["since"] >= tc.patience  # rank 0's, sent to all below
+                halted = ddp.agree(halted, device) if ranks.active else halted
         curve.append(row)
         bar.update(1), bar.set_postfix(loss=f"{loss_sum:.3f}")
         if on_progress is not None:
             on_progress(step, total, row)
+        if halted:
+            break
         if at_ckpt and step < total:
             checkpoint()
     bar.close()
@@ -214,6 +222,8 @@ def train(
     if status == "stopped" or not ranks.is_main:
         ddp.teardown(ranks)
         return {"status": status, "step": step, "total_steps": total} | ({"rank": ranks.rank} if ranks.active else {})
+    if tc.early_stopping and best["step"] is not None:
+        restore_weights(student, out_dir / BEST)  # the lowest validation loss seen, not the last weights
     save_student(student, out_dir)
     metrics = {
         "status": status, "optimizer_steps": step, "total_steps": total,
@@ -225,6 +235,9 @@ def train(
                  "weight": tc.weak_weight if tc.weak_mode == "mix" else 0.0},
         "device": device, "dtype": str(compute_dtype(tc, device)).replace("torch.", ""),
     }
+    if tc.early_stopping:
+        metrics["early_stopping"] = {"best_step": best["step"], "best_val_loss": best["val_loss"],
+                                     "stopped_at": step if halted else None}
     if ranks.active:
         metrics["processes"] = ranks.world
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -234,7 +247,7 @@ def train(
 
 def _batch_loss(student: Student, data: _Data, idx: list[int], tc: TrainConfig, device: str, ranks) -> torch.Tensor:
     """The loss of one micro-batch (this rank's shard of it under torchrun)."""
-    batch = data.batch(ddp.shard(idx, ranks), device, augment=tc.augment)
+    batch = data.batch(ddp.shard(idx, ranks), device, tc=tc)
     loss = student(**batch)
     if ranks.active:  # so that the ranks' average is the global batch's mean loss
         loss = loss * ddp.loss_weight(batch["labels"], ranks, device)
@@ -252,6 +265,18 @@ def _step_loss(student: Student, step: int, k: int, gold: _Data, weak: _Data | N
         idx = micro_batch(step, k, len(weak.examples), tc)
         loss = loss + tc.weak_weight * _batch_loss(student, weak, idx, tc, device, ranks)
     return loss
+
+
+def _keep_if_best(student: Student, val: float | None, step: int, best: dict, out_dir: Path, ranks) -> None:
+    """Early stopping: save the weights to best/ on a new lowest validation loss (main process),
+    else count one more evaluation without one."""
+    if not ranks.is_main or val is None:
+        return
+    if best["val_loss"] is None or val < best["val_loss"]:
+        save_student(student, out_dir / BEST)
+        best.update(step=step, val_loss=val, since=0)
+    else:
+        best["since"] += 1
 
 
 def _adam_steps(optimizer) -> int:

@@ -170,10 +170,8 @@ def plain_png(data: bytes) -> tuple[bytes, int, int, str] | None:
         image = Image.frombytes("RGB", (width, height), body, "zip", "RGB")
     except (ValueError, OSError, zlib.error):  # damaged compressed data: let the full decoder say so
         return None
-    h = hashlib.sha256(f"{width}x{height}:".encode())  # exactly pixel_hash's bytes
-    h.update(image.tobytes())
     png = b"".join([PNG_SIGNATURE, ihdr, *(data[a:b] for a, b in idat), _IEND])
-    return png, width, height, h.hexdigest()
+    return png, width, height, pixel_hash(image)
 
 
 def to_png(image: Image.Image) -> bytes:

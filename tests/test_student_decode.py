@@ -331,3 +331,23 @@ def test_the_dequantised_paths_write_the_nf4_models_tokens(memorised_student, ho
     for gc in SETTINGS[:2]:
         for batch in (images[:1], images):
             assert torch.equal(generate_ids(dense, batch, config=gc), hf_generate(nf4, batch, config=gc)), (how, gc)
+
+
+def test_the_avx2_bf16_path_with_its_prompt_in_float32_writes_the_nf4_models_tokens(memorised_student, monkeypatch):
+    """On a CPU without native bf16 where the loader measured float32 faster for the prompt
+    (fp32_prefill.py), the prompt's matmuls run widened to float32 and decoding stays bf16: still
+    every greedy token of generate() on the trained NF4 model, on all 20 images, batch 1 and 20."""
+    from pipeline.student import fp32_prefill, loader
+
+    monkeypatch.setattr(loader.fp32_prefill, "probe", lambda: {"bf16": 0.09, "fp32": 0.04})  # as measured on AVX2
+    calls = []
+    real_active = fp32_prefill.active
+    monkeypatch.setattr(fp32_prefill, "active", lambda: calls.append(1) or real_active())
+    nf4 = load_student(memorised_student, path="nf4")
+    dense = load_student(memorised_student, path="bf16", cpu_path="AVX2")
+    assert dense.inference.prefill_fp32 and "prompt computed in float32" in dense.inference.reason
+    images = [r.image() for r in cifar20_records()]
+    for gc in SETTINGS[:2]:
+        for batch in (images[:1], images):
+            assert torch.equal(generate_ids(dense, batch, config=gc), hf_generate(nf4, batch, config=gc)), gc
+    assert len(calls) == 4  # every prefill widened

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi3.modeling_phi3 import eager_attention_forward
 
+from pipeline.student import fp32_prefill
 from pipeline.student.config import GenerationConfig
 from pipeline.student.kernels import attach_kernels, checked_kernels, kernels_of, nf4_lut
 
@@ -166,7 +168,7 @@ class LeanDecoder:
     products has equalled bitsandbytes' on this model; `native_kernels` says whether it does.
     """
 
-    def __init__(self, causal_lm: nn.Module):
+    def __init__(self, causal_lm: nn.Module, *, prefill_fp32: bool = False):
         if causal_lm.config.model_type != "phi3":
             raise ValueError(f"LeanDecoder supports phi3, not {causal_lm.config.model_type!r}")
         cfg = causal_lm.config
@@ -192,6 +194,8 @@ class LeanDecoder:
             causal_lm.lm_head, "lora_A") else _projection(causal_lm.lm_head, ext)
         self.embed = causal_lm.get_input_embeddings()
         self.attn_modules = [L.self_attn for L in self.core.layers]
+        # the prompt's bf16 matmuls in float32 (a CPU without native bf16, fp32_prefill.py)
+        self.prefill_fp32 = prefill_fp32 and fp32_prefill.install(causal_lm) > 0
 
     def prefill(self, inputs_embeds: torch.Tensor, max_len: int) -> tuple[torch.Tensor, KVCache]:
         """Run the prompt through the Hugging Face model; keep its KV in fresh buffers of max_len.
@@ -200,8 +204,9 @@ class LeanDecoder:
         call's own KVCache (to hand to every `step` of this generation).
         """
         b, t, _ = inputs_embeds.shape
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=torch.ones(b, t, dtype=torch.long,
-                      device=inputs_embeds.device), use_cache=True, logits_to_keep=1)
+        with fp32_prefill.active() if self.prefill_fp32 else nullcontext():
+            out = self.lm(inputs_embeds=inputs_embeds, attention_mask=torch.ones(b, t, dtype=torch.long,
+                          device=inputs_embeds.device), use_cache=True, logits_to_keep=1)
         cache = KVCache(k=[], v=[])
         for layer in out.past_key_values.layers:
             for src, dst in ((layer.keys, cache.k), (layer.values, cache.v)):

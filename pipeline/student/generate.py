@@ -40,7 +40,8 @@ def decoder(student: Student) -> LeanDecoder:
     with _BUILD:
         if student.__dict__.get("_decoder") is None:
             lm = student.lm.get_base_model() if hasattr(student.lm, "get_base_model") else student.lm
-            student.__dict__["_decoder"] = LeanDecoder(lm)
+            wide = bool(getattr(student.inference, "prefill_fp32", False))
+            student.__dict__["_decoder"] = LeanDecoder(lm, prefill_fp32=wide)
         return student.__dict__["_decoder"]
 
 

@@ -43,9 +43,10 @@ class PathChoice:
 
     path: InferencePath
     reason: str
+    prefill_fp32: bool = False  # the prompt's bf16 matmuls widened to float32 (fp32_prefill.py)
 
     def as_dict(self) -> dict:
-        return {"path": self.path.value, "reason": self.reason}
+        return {"path": self.path.value, "reason": self.reason, "prefill_fp32": self.prefill_fp32}
 
 
 @dataclass(frozen=True)
@@ -138,3 +139,17 @@ def choose_path(caps: CpuCapabilities, *, sizes: ModelSizes, free: int, device: 
         measured = "; measured " + ", ".join(f"{p.value} {speeds[p]:.1f} GB/s" for p in DENSE_PATHS)
     return PathChoice(best, f"{why}; using the base dequantised to {best.value} with LoRA merged "
                       f"({_gb(sizes.bytes(best))}, {_gb(free)} free{measured})")
+
+
+def choose_prefill(choice: PathChoice, caps: CpuCapabilities, *, device: str = "cpu",
+                   seconds: dict[str, float] | None = None) -> PathChoice:
+    """`choice`, with the prompt computed in float32 where that is measured faster: only the bf16
+    path on a CPU without native bf16 (fp32_prefill.py). `seconds`: fp32_prefill.probe()'s."""
+    if choice.path != InferencePath.bf16 or device != "cpu" or caps.has_bf16 or not seconds:
+        return choice
+    bf16, fp32 = seconds["bf16"] * 1e3, seconds["fp32"] * 1e3
+    if fp32 >= bf16:
+        return PathChoice(choice.path, f"{choice.reason}; prompt in bf16 (a 64-row product: bf16 {bf16:.0f} ms, "
+                          f"widened to float32 {fp32:.0f} ms)")
+    return PathChoice(choice.path, f"{choice.reason}; prompt computed in float32 (a 64-row product: bf16 "
+                      f"{bf16:.0f} ms, widened to float32 {fp32:.0f} ms)", prefill_fp32=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline.hardware import cpu, limit_cpu
+from pipeline.student import fp32_prefill
 from pipeline.student.config import StudentConfig
 from pipeline.student.inference_path import (
     DENSE_PATHS,
@@ -19,6 +20,7 @@ from pipeline.student.inference_path import (
     ModelSizes,
     PathChoice,
     choose_path,
+    choose_prefill,
     free_memory,
     probe_dense_speed,
 )
@@ -117,12 +119,15 @@ def pick_path(base_model: str, *, path: str = DEFAULT_INFERENCE_PATH, device: st
 
     if path not in INFERENCE_PATHS:
         raise ValueError(f"unknown inference path {path!r}; choose from {INFERENCE_PATHS}")
-    if path != "auto":
-        return PathChoice(InferencePath(path), f"{path} asked for (path={path!r})")
     caps = limit_cpu(cpu(), cpu_path)
-    sizes = ModelSizes.of_config(AutoConfig.from_pretrained(base_model))
-    speeds = probe_dense_speed() if device == "cpu" and not caps.has_bf16 else None
-    return choose_path(caps, sizes=sizes, free=free_memory(), device=device, speeds=speeds)
+    if path != "auto":
+        choice = PathChoice(InferencePath(path), f"{path} asked for (path={path!r})")
+    else:
+        sizes = ModelSizes.of_config(AutoConfig.from_pretrained(base_model))
+        speeds = probe_dense_speed() if device == "cpu" and not caps.has_bf16 else None
+        choice = choose_path(caps, sizes=sizes, free=free_memory(), device=device, speeds=speeds)
+    wide = choice.path == InferencePath.bf16 and device == "cpu" and not caps.has_bf16
+    return choose_prefill(choice, caps, device=device, seconds=fp32_prefill.probe() if wide else None)
 
 
 def _quantised(module):

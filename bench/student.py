@@ -198,6 +198,7 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int, cpu_path: str
     bpt = weight_bytes_per_token(student.lm) / 1e9
     fraction = tps * bpt / bw
     return {"phase": "infer", "path": name, "inference_path": student.inference.path.value,
+            "prefill_fp32": student.inference.prefill_fp32,
             "why": student.inference.reason, "prompt_tokens": len(student.layout.prompt_ids),
             "new_tokens": new_tokens, "native_kernels": decoder(student).native_kernels,
             "cpu_path": limit_cpu(cpu(), cpu_path).path,

@@ -164,3 +164,31 @@ def test_the_form_refuses_contradictory_hyperparameters(world, monkeypatch):
     at.number_input(key="tr_epochs").set_value(0.0)
     at.button(key="tr_start").click().run()
     assert "Check the form" in at.error[0].value and "epochs" in at.error[0].value
+
+
+def test_the_few_example_controls_reach_the_training_run(world, monkeypatch):
+    """Augmentation, the conv image path, weight decay and early stopping set on the Train page are
+    what the job trains with: its params, the student's student.json and its metrics say so."""
+    at = _open(world, monkeypatch, TRAIN)
+    _fill_form(at, world, name="few-examples", steps=4, checkpoint_every=0)
+    at.checkbox(key="tr_augment").check()
+    at.number_input(key="tr_jitter").set_value(0.4)
+    at.number_input(key="tr_crop").set_value(0.6)
+    at.selectbox(key="tr_projector").set_value("conv")
+    at.number_input(key="tr_decay").set_value(0.05)
+    at.checkbox(key="tr_early").check()
+    at.number_input(key="tr_eval_every").set_value(2)
+    at.button(key="tr_start").click().run()
+    assert "Started training job" in at.success[0].value, at.error
+    job = max(_jobs(world, JobKind.train), key=lambda j: j.id)
+    assert job.params["student_dir"].endswith("few-examples")
+    train, student = job.params["train"], job.params["student"]
+    assert (train["augment"], train["color_jitter"], train["crop_scale"]) == (True, 0.4, 0.6)
+    assert (train["weight_decay"], train["early_stopping"], train["eval_every"]) == (0.05, True, 2)
+    assert student["projector"] == "conv"
+    job, log = _wait(world, job.id)
+    assert job.status == JobStatus.done, log
+    folder = Path(job.params["student_dir"])
+    assert json.loads((folder / "student.json").read_text())["projector"] == "conv"
+    stopped = json.loads((folder / "metrics.json").read_text())["early_stopping"]
+    assert stopped["best_step"] in (2, 4)

@@ -22,7 +22,7 @@ from pipeline.services.train import (
     train_view,
     training_runs,
 )
-from pipeline.student.config import WEAK_MODES, StudentConfig, TrainConfig
+from pipeline.student.config import PROJECTORS, WEAK_MODES, StudentConfig, TrainConfig
 
 settings, engine, actor = get_settings(), get_engine(), current_actor()
 st.title("Train")
@@ -62,15 +62,42 @@ else:
                  "mix: every step adds the drafts' loss with a lower weight. Rejected drafts are never used.")
         weak_steps = w[1].number_input("Warmup steps on drafts", 0, 1_000_000, td.weak_steps, key="tr_weak_steps")
         weak_weight = w[2].number_input("Weight of drafts (mix)", 0.01, 1.0, td.weak_weight, key="tr_weak_weight")
+        with st.expander("Few examples: augmentation, image path, regularisation", icon=":material/tune:"):
+            st.caption("Measured on 100 pairs with `bench/learnability.py` (README, issue 15): each helped some "
+                       "seeds and not others, so all are off by default.")
+            f = st.columns(4)
+            augment = f[0].checkbox("Augment (flips, 2-px shifts)", td.augment, key="tr_augment")
+            jitter = f[1].number_input("Colour jitter", 0.0, 0.95, td.color_jitter, step=0.1, key="tr_jitter",
+                                       help="With augment: brightness, contrast and saturation in [1-x, 1+x].")
+            crop = f[2].number_input("Crop scale", 0.05, 1.0, td.crop_scale, step=0.1, key="tr_crop",
+                                     help="With augment: random crops of this much of the area up to all of it.")
+            projector = f[3].selectbox("Image path", PROJECTORS, index=PROJECTORS.index(sd.projector),
+                                       key="tr_projector", help="mlp: each patch's pixels; conv: a small "
+                                       "convolutional stem trained from scratch (patch size 4 or 8).")
+            g = st.columns(4)
+            decay = g[0].number_input("Weight decay", 0.0, 1.0, td.weight_decay, step=0.01, key="tr_decay")
+            stopping = g[1].checkbox("Early stopping (keep the best)", td.early_stopping, key="tr_early",
+                                     help="Keeps the weights with the lowest validation loss; needs a validation "
+                                          "split in the snapshot.")
+            eval_every = g[2].number_input("Validate every (steps)", 0, 100_000, td.eval_every, key="tr_eval_every",
+                                           help="0: at each checkpoint and at the end.")
+            patience = g[3].number_input("Patience (evaluations)", 0, 1000, td.patience, key="tr_patience",
+                                         help="Early stopping: stop after this many evaluations without a new best "
+                                              "(0: run every step).")
         if st.form_submit_button("Start training", key="tr_start", type="primary", icon=":material/play_arrow:"):
             try:
                 student = StudentConfig(**{**sd.__dict__, "base_model": base, "lora_r": int(lora_r),
                                            "lora_alpha": int(lora_alpha), "projector_hidden": int(projector_hidden),
-                                           "patch_size": int(patch), "quantize_4bit": qlora})
+                                           "patch_size": int(patch), "quantize_4bit": qlora,
+                                           "projector": projector})
                 train = TrainConfig(**{**td.__dict__, "epochs": float(epochs), "max_steps": int(max_steps),
                                        "batch_size": int(batch), "lr_lora": lr_lora, "lr_projector": lr_proj,
                                        "checkpoint_every": int(ckpt), "weak_mode": weak_mode,
-                                       "weak_steps": int(weak_steps), "weak_weight": float(weak_weight)})
+                                       "weak_steps": int(weak_steps), "weak_weight": float(weak_weight),
+                                       "augment": bool(augment), "color_jitter": float(jitter),
+                                       "crop_scale": float(crop), "weight_decay": float(decay),
+                                       "early_stopping": bool(stopping), "eval_every": int(eval_every),
+                                       "patience": int(patience)})
             except ValueError as err:
                 st.session_state["train_message"] = (False, f"Check the form: {err}")
             else:

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, cast, or_
+from sqlalchemy import String, cast, or_, text
 from sqlmodel import Session, select
 
 from db.engine import lock_for_claim, lock_row
@@ -191,6 +191,16 @@ def _labels_by_need(session: Session, *, targets: dict[str, int] | None) -> list
 def label_list(session: Session) -> list[str]:
     """Every class with at least one item (from the maintained tally, not a scan)."""
     return sorted(counts_by_class(session))
+
+
+def reviewer_names(session: Session) -> list[str]:
+    """Everyone who decided an item, sorted: one index look-up per name (a recursive skip over the
+    reviewer index) instead of reading every decided row."""
+    walk = text(
+        "WITH RECURSIVE r(name) AS (SELECT MIN(reviewer) FROM review UNION ALL "
+        "SELECT (SELECT MIN(reviewer) FROM review WHERE reviewer > r.name) FROM r WHERE r.name IS NOT NULL) "
+        "SELECT name FROM r WHERE name IS NOT NULL AND name <> ''")
+    return list(session.execute(walk).scalars())
 
 
 def get_item(session: Session, *, image_id: int) -> ReviewItem:

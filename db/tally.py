@@ -34,7 +34,7 @@ def fold(session: Session) -> None:
     (they only insert: a delta committed after this statement began stays) and folders (a row another
     fold deleted first is skipped). SQLite keeps one row per key already: nothing to do."""
     if session.get_bind().dialect.name == "postgresql":
-        session.exec(_FOLD)
+        session.execute(_FOLD)
 
 
 def counts_by_class(session: Session) -> dict[str, dict[str, int]]:

@@ -68,3 +68,29 @@ def test_the_page_has_next_and_previous_buttons(tmp_path, monkeypatch):
     at.button(key="browse_next").click().run()
     at.multiselect(key="browse_labels").set_value(["dog"]).run()  # a new filter starts at page one
     assert len(at.dataframe[-1].value) == 11 and at.button(key="browse_prev").disabled
+
+
+@both_backends
+def test_a_filter_matching_few_items_looks_at_a_bounded_window_per_page(store, backend, monkeypatch):
+    import pipeline.services.browse as browse
+
+    ids = seed_images(store, {"cat": 9, "dog": 4}, text="A {label} photo {i}.")
+    with session_scope(store) as s:  # two rare captions, far apart
+        for image_id, caption in ((ids[1], "A rare zebra."), (ids[11], "Another rare zebra.")):
+            decide(s, image_id=image_id, reviewer="ann", expected_version=1, caption=caption,
+                   action=ReviewAction.edit_approve)
+    monkeypatch.setattr(browse, "SCAN_ROWS", 4)
+    found, after, pages = [], 0, 0
+    while after is not None:
+        view = browse_view(store, filters=BrowseFilters(text="ZEBRA", page_size=3, after_id=after))
+        found += list(view.items["image_id"])
+        assert view.searched_to is None or len(view.items) < 3
+        after, pages = view.next_after_id, pages + 1
+    assert found == [ids[1], ids[11]] and pages == 4  # 13 items, 4 looked at per page
+    first = browse_view(store, filters=BrowseFilters(text="zebra", page_size=3))
+    assert first.searched_to == ids[3] and first.next_after_id == ids[3]
+    nothing = browse_view(store, filters=BrowseFilters(labels=("dog",), text="zebra", page_size=3))
+    assert list(nothing.items["image_id"]) == [ids[11]] and nothing.next_after_id is None
+    # the index-only filters are not bounded: a whole page of dogs at once
+    dogs = browse_view(store, filters=BrowseFilters(labels=("dog",), page_size=10))
+    assert list(dogs.items["image_id"]) == ids[9:] and dogs.searched_to is None

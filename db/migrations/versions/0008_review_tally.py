@@ -29,11 +29,11 @@ _MOVES = ("OLD.label {ne} NEW.label OR OLD.state {ne} NEW.state OR "
 
 
 def _sqlite_bump(row: str, delta: str) -> str:
-    """Add `delta` to the one row of `row`'s key (made first if missing)."""
-    key = f"label = {row}.label AND state = {row}.state AND edited = {_EDITED.format(r=row)}"
-    return (f"INSERT INTO review_tally (label, state, edited, n) SELECT {row}.label, {row}.state, "
-            f"{_EDITED.format(r=row)}, 0 WHERE NOT EXISTS (SELECT 1 FROM review_tally WHERE {key}); "
-            f"UPDATE review_tally SET n = n {delta} WHERE {key};")
+    """Add `delta` to the one row of `row`'s key, or make that row (changes(): rows the UPDATE changed)."""
+    edited = _EDITED.format(r=row)
+    return (f"UPDATE review_tally SET n = n {delta} WHERE label = {row}.label AND state = {row}.state "
+            f"AND edited = {edited}; INSERT INTO review_tally (label, state, edited, n) "
+            f"SELECT {row}.label, {row}.state, {edited}, 0 {delta} WHERE changes() = 0;")
 
 
 SQLITE_TRIGGERS = (

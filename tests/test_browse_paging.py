@@ -94,3 +94,23 @@ def test_a_filter_matching_few_items_looks_at_a_bounded_window_per_page(store, b
     # the index-only filters are not bounded: a whole page of dogs at once
     dogs = browse_view(store, filters=BrowseFilters(labels=("dog",), page_size=10))
     assert list(dogs.items["image_id"]) == ids[9:] and dogs.searched_to is None
+
+
+def test_the_page_says_how_far_a_sparse_filter_searched(tmp_path, monkeypatch):
+    import pipeline.services.browse as browse
+
+    data = tmp_path / "data"
+    ids = fill_store(data, per_class=11, classes=CLASSES)  # 110 items, ids in class order
+    monkeypatch.setattr(browse, "SCAN_ROWS", 40)
+    at = app_for(data, monkeypatch)
+    at.run()
+    at.switch_page("app_pages/browse.py").run()
+    at.text_input(key="browse_text").input("no caption says this").run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe[-1].value) == 0 and not at.button(key="browse_next").disabled
+    said = " ".join(c.value for c in at.caption)
+    assert f"up to id {sorted(sum(ids.values(), []))[39]}" in said  # the 40th item looked at
+    at.button(key="browse_next").click().run()
+    at.button(key="browse_next").click().run()  # items 81-110: fewer than 40 left, so the last page
+    assert at.button(key="browse_next").disabled and "up to id" not in " ".join(c.value for c in at.caption)
+    assert any("Items 0–0" in h.value for h in at.subheader)

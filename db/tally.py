@@ -11,6 +11,8 @@ from db.models import Draft, Review, ReviewState, ReviewTally
 FOLD_ROWS = 2000
 """PostgreSQL: when the deltas outnumber this, a reader folds them into one row per key."""
 
+FOLD_LOCK = 0x7461_6C6C  # PostgreSQL advisory lock key ("tall"): held by the one transaction folding
+
 Key = tuple[str, ReviewState, bool]  # (label, state, edited)
 
 _FOLD = text(
@@ -30,10 +32,15 @@ def tally(session: Session) -> dict[Key, int]:
 
 
 def fold(session: Session) -> None:
-    """PostgreSQL: replace the deltas by one row per key with their sum. Safe beside concurrent writers
-    (they only insert: a delta committed after this statement began stays) and folders (a row another
-    fold deleted first is skipped). SQLite keeps one row per key already: nothing to do."""
-    if session.get_bind().dialect.name == "postgresql":
+    """PostgreSQL: replace the deltas by one row per key with their sum, in the caller's transaction. Safe
+    beside concurrent writers (they only insert: a delta committed after this statement began stays and is
+    not read) and readers (they see the deltas or their sums, never both). SQLite keeps one row per key
+    already: nothing to do."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    # one folder at a time (the others just read the deltas): two DELETEs over a large table could lock
+    # its rows in different orders and deadlock
+    if session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": FOLD_LOCK}).scalar():
         session.execute(_FOLD)
 
 

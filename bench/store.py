@@ -271,6 +271,9 @@ def bench_pages(data_dir: Path, *, runs: int) -> dict:
             "filter_class_and_flag": _browse_filters(labels=["cat"], flag=Flag.hedging.value),
             "filter_text": _browse_filters(text="road"),
             "filter_matching_nothing": _browse_filters(labels=["cat"], text="no caption says this"),
+            # row-by-row filters over every class that nothing matches: bounded by browse.SCAN_ROWS a page
+            "filter_text_nothing_any_class": _browse_filters(text="no caption says this"),
+            "filter_flag_nothing": _browse_filters(flag=Flag.near_duplicate.value),
         }),
         "review": bench_page(data_dir, "review.py", runs=runs, steps={
             "approve_click": lambda at: at.button(key="btn-approve").click(),

@@ -20,6 +20,8 @@ from db.errors import InvalidActionError
 
 BATCH_ROWS = 500
 SKIP_TABLES = {"alembic_version"}
+DERIVED_TABLES = {"review_tally"}
+"""Not copied: the destination's triggers rebuild them from the rows copied (copying too would count twice)."""
 
 
 class NotEmptyError(InvalidActionError):
@@ -76,8 +78,8 @@ def _tables(src: Engine, dest: Engine) -> list:
     reflected = MetaData()
     reflected.reflect(dest)
     tables = [SQLModel.metadata.tables.get(t.name, t) for t in reflected.sorted_tables
-              if t.name not in SKIP_TABLES]
-    extra = set(inspect(src).get_table_names()) - SKIP_TABLES - {t.name for t in tables}
+              if t.name not in SKIP_TABLES | DERIVED_TABLES]
+    extra = set(inspect(src).get_table_names()) - SKIP_TABLES - DERIVED_TABLES - {t.name for t in tables}
     if extra:
         raise InvalidActionError(f"The source has tables the destination's schema lacks: {sorted(extra)}.")
     return tables

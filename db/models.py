@@ -139,6 +139,21 @@ class Review(SQLModel, table=True):
     claim_expires_at: datetime | None = Field(default=None, index=True)
 
 
+class ReviewTally(SQLModel, table=True):
+    """How many review rows have each (class, state, edited): written only by the database's triggers
+    on `review` (migration 0008), read through db/tally.py. On PostgreSQL a key may have several rows
+    (signed deltas): its count is their sum."""
+
+    __tablename__ = "review_tally"
+    __table_args__ = (Index("ix_review_tally_key", "label", "state", "edited"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    label: str
+    state: str  # a ReviewState value
+    edited: bool  # approved with a caption other than the draft's text
+    n: int
+
+
 class ReviewEvent(SQLModel, table=True):
     """Append-only log of every review decision."""
 

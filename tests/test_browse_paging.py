@@ -68,3 +68,49 @@ def test_the_page_has_next_and_previous_buttons(tmp_path, monkeypatch):
     at.button(key="browse_next").click().run()
     at.multiselect(key="browse_labels").set_value(["dog"]).run()  # a new filter starts at page one
     assert len(at.dataframe[-1].value) == 11 and at.button(key="browse_prev").disabled
+
+
+@both_backends
+def test_a_filter_matching_few_items_looks_at_a_bounded_window_per_page(store, backend, monkeypatch):
+    import pipeline.services.browse as browse
+
+    ids = seed_images(store, {"cat": 9, "dog": 4}, text="A {label} photo {i}.")
+    with session_scope(store) as s:  # two rare captions, far apart
+        for image_id, caption in ((ids[1], "A rare zebra."), (ids[11], "Another rare zebra.")):
+            decide(s, image_id=image_id, reviewer="ann", expected_version=1, caption=caption,
+                   action=ReviewAction.edit_approve)
+    monkeypatch.setattr(browse, "SCAN_ROWS", 4)
+    found, after, pages = [], 0, 0
+    while after is not None:
+        view = browse_view(store, filters=BrowseFilters(text="ZEBRA", page_size=3, after_id=after))
+        found += list(view.items["image_id"])
+        assert view.searched_to is None or len(view.items) < 3
+        after, pages = view.next_after_id, pages + 1
+    assert found == [ids[1], ids[11]] and pages == 4  # 13 items, 4 looked at per page
+    first = browse_view(store, filters=BrowseFilters(text="zebra", page_size=3))
+    assert first.searched_to == ids[3] and first.next_after_id == ids[3]
+    nothing = browse_view(store, filters=BrowseFilters(labels=("dog",), text="zebra", page_size=3))
+    assert list(nothing.items["image_id"]) == [ids[11]] and nothing.next_after_id is None
+    # the index-only filters are not bounded: a whole page of dogs at once
+    dogs = browse_view(store, filters=BrowseFilters(labels=("dog",), page_size=10))
+    assert list(dogs.items["image_id"]) == ids[9:] and dogs.searched_to is None
+
+
+def test_the_page_says_how_far_a_sparse_filter_searched(tmp_path, monkeypatch):
+    import pipeline.services.browse as browse
+
+    data = tmp_path / "data"
+    ids = fill_store(data, per_class=11, classes=CLASSES)  # 110 items, ids in class order
+    monkeypatch.setattr(browse, "SCAN_ROWS", 40)
+    at = app_for(data, monkeypatch)
+    at.run()
+    at.switch_page("app_pages/browse.py").run()
+    at.text_input(key="browse_text").input("no caption says this").run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe[-1].value) == 0 and not at.button(key="browse_next").disabled
+    said = " ".join(c.value for c in at.caption)
+    assert f"up to id {sorted(sum(ids.values(), []))[39]}" in said  # the 40th item looked at
+    at.button(key="browse_next").click().run()
+    at.button(key="browse_next").click().run()  # items 81-110: fewer than 40 left, so the last page
+    assert at.button(key="browse_next").disabled and "up to id" not in " ".join(c.value for c in at.caption)
+    assert any("Items 0–0" in h.value for h in at.subheader)

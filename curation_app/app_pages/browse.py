@@ -31,9 +31,10 @@ filters = BrowseFilters(labels=tuple(labels), states=tuple(states), reviewer=rev
                         flag=flag, text=text.strip(), min_chars=lo,
                         max_chars=None if hi >= MAX_CAPTION_CHARS else hi)
 if st.session_state.get("browse_filters") != filters:  # new filters: back to the first page
-    st.session_state["browse_filters"], st.session_state["browse_pages"] = filters, [0]
-pages = st.session_state["browse_pages"]  # after_id of each page seen so far (keyset pagination)
-view = browse_view(get_engine(), filters=replace(filters, after_id=pages[-1]))
+    st.session_state["browse_filters"], st.session_state["browse_pages"] = filters, [(0, 0)]
+pages = st.session_state["browse_pages"]  # (after_id, items on the pages before) of each page seen so far
+after_id, shown_before = pages[-1]
+view = browse_view(get_engine(), filters=replace(filters, after_id=after_id))
 
 left, right = st.columns(2)
 with left:
@@ -49,15 +50,17 @@ with right:
         "edit_rate": st.column_config.ProgressColumn("edited / approved", min_value=0, max_value=1),
     })
 
-first = len(pages) - 1
 more = "" if view.next_after_id is None else " (more on the next page)"
-st.subheader(f"Items {first * filters.page_size + 1 if len(view.items) else 0}–"
-             f"{first * filters.page_size + len(view.items)}{more}")
+st.subheader(f"Items {shown_before + 1 if len(view.items) else 0}–{shown_before + len(view.items)}{more}")
+if view.searched_to is not None:
+    st.caption(f"Few items match: this page looked at the items up to id {view.searched_to}. "
+               "Next page searches on from there.")
 prev_col, next_col = st.columns(2)
 prev_col.button("Previous page", disabled=len(pages) == 1, key="browse_prev", icon=":material/chevron_left:",
                 on_click=pages.pop)  # callbacks run before the script: one run per click
 next_col.button("Next page", disabled=view.next_after_id is None, key="browse_next",
-                icon=":material/chevron_right:", on_click=pages.append, args=(view.next_after_id,))
+                icon=":material/chevron_right:", on_click=pages.append,
+                args=((view.next_after_id, shown_before + len(view.items)),))
 event = st.dataframe(
     view.items, hide_index=True, key="browse_table", on_select="rerun", selection_mode="single-row",
     row_height=70, column_config={

@@ -190,5 +190,6 @@ def upscale_png(png: bytes, *, size: int) -> bytes:
     """The image enlarged to `size` pixels with nearest-neighbour, so every pixel stays crisp."""
     img = decode_png(png)
     buf = io.BytesIO()
-    img.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
+    # level 1: a quarter of the default's encoding time for ~10% more bytes (a page shows a hundred)
+    img.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

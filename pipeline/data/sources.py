@@ -11,6 +11,7 @@ import enum
 import os
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -238,9 +239,14 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     writer = _Writer(engine, source=source, batch_size=batch_size, total=total, on_progress=on_progress)
     # enough chunks queued that the decoders keep working while a batch is written (bounded: flat memory)
     in_flight = 2 * max(workers, 1) + 2 + min(batch_size, MAX_QUEUED) // CHUNK
-    with make_executor(workers) as executor, bulk_writes(engine):
-        for label, listing, _count in classes:
-            items = listing()
+    with make_executor(workers) as executor, bulk_writes(engine), ThreadPoolExecutor(1) as lister:
+        if workers > 0:  # the decoders are forked at the first task: before the listing thread starts
+            executor.submit(os.getpid).result()
+        upcoming = lister.submit(classes[0].listing) if classes else None
+        for i, (label, _listing, _count) in enumerate(classes):
+            items = upcoming.result()
+            if i + 1 < len(classes):  # the next class is listed while this one is imported
+                upcoming = lister.submit(classes[i + 1].listing)
             if n_per_class is not None:
                 items = sample_order(items, label=label, seed=seed)
             _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,

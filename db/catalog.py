@@ -130,8 +130,17 @@ def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
 
 
 def stored_source_keys_under(session: Session, *, prefix: str) -> set[str]:
-    """Every stored source key starting with `prefix` (perhaps a few more: SQLite's LIKE ignores ASCII
-    case), for a large import to check its files against without a query per batch."""
+    """Every stored source key starting with `prefix` (perhaps a few more on PostgreSQL's LIKE path),
+    for a large import to check its files against without a query per batch.
+
+    On SQLite a key range (prefix <= key < the prefix with its last character one higher), which the
+    source-key index answers directly: a LIKE there ignores ASCII case, so it cannot use the index and
+    scanned every stored key, for every class of an import."""
+    last = ord(prefix[-1]) if prefix else 0
+    if session.get_bind().dialect.name == "sqlite" and 0 < last < 0xD7FF:
+        upper = prefix[:-1] + chr(last + 1)
+        return set(session.exec(select(Image.source_key).where(Image.source_key >= prefix,
+                                                                 Image.source_key < upper)).all())
     return set(session.exec(select(Image.source_key).where(Image.source_key.startswith(prefix, autoescape=True))).all())
 
 

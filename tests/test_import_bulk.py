@@ -21,7 +21,7 @@ from PIL import PngImagePlugin
 from sqlalchemy import create_engine, inspect
 from sqlmodel import select
 
-from db.catalog import NewImage, add_image, add_images
+from db.catalog import NewImage, add_image, add_images, stored_source_keys_under
 from db.engine import BULK_CACHE_KIB, BULK_CHECKPOINT_PAGES, alembic_config, bulk_writes, init_store, session_scope
 from db.models import Image, Review, ReviewState, SourceKind
 from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
@@ -299,3 +299,21 @@ def test_a_file_larger_than_the_first_read_is_read_whole(tmp_path):
     (tmp_path / "huge.png").write_bytes(data + b"\0" * (MAX_UPLOAD_BYTES + 10 - len(data)))
     assert len(read_file(str(tmp_path / "huge.png"))) == MAX_UPLOAD_BYTES + 1  # enough to refuse it
     assert prepare_file(str(tmp_path / "huge.png")).png is None
+
+
+@both_backends
+def test_stored_source_keys_under_a_prefix(store, backend):
+    """A large class checks its files against the keys under its folder: all of them, and on SQLite (a key
+    range the source-key index answers, not a LIKE that scans every key) exactly them."""
+    keys = ["/d/a_b%/x.png", "/d/a_b%/y/z.png", "/d/a_b%", "/d/a_b%0.png", "/D/A_B%/x.png", "/d/axb%/x.png",
+            "/d/a_b%/é.png", "/d/a_b&/x.png"]
+    with session_scope(store) as s:
+        add_images(s, source_kind=SourceKind.folder, images=[_new_image(i, "cat", i) for i in range(len(keys))])
+        for i, key in enumerate(keys):
+            s.exec(select(Image).where(Image.source_key == f"k/{i}")).one().source_key = key
+    with session_scope(store) as s:
+        found = stored_source_keys_under(s, prefix="/d/a_b%/")
+    expected = {"/d/a_b%/x.png", "/d/a_b%/y/z.png", "/d/a_b%/é.png"}
+    assert found >= expected
+    if backend == "sqlite":
+        assert found == expected

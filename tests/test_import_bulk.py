@@ -317,3 +317,48 @@ def test_stored_source_keys_under_a_prefix(store, backend):
     assert found >= expected
     if backend == "sqlite":
         assert found == expected
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="decoders follow their parent on Linux only")
+def test_a_killed_import_leaves_no_decoder_processes(tmp_path):
+    root, data = tmp_path / "src", tmp_path / "data"
+    write_pngs(root, 1500)
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
+           "--batch-size", "50", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    decoders = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(decoders) >= 2, "the import finished before it could be killed"
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in decoders) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in decoders if _alive(p)]
+    for p in left:  # do not leave them behind whatever the outcome
+        os.kill(p, signal.SIGKILL)
+    assert not left  # each decoder ended with the import that started it

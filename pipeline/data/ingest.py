@@ -6,8 +6,11 @@ anything else goes through the upload decoder (`decode_file`, `to_rgb`, `to_png`
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -98,12 +101,28 @@ def make_executor(workers: int) -> Executor:
         return InlineExecutor()
     methods = multiprocessing.get_all_start_methods()
     if threading.active_count() == 1 and "fork" in methods:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
     if "forkserver" not in methods:
-        return ProcessPoolExecutor(max_workers=workers)
-    context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    context = multiprocessing.get_context("forkserver")  # the parent: the fork server, which ends with us
     context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
+                               initargs=(None,))
+
+
+def die_with_parent(parent: int | None) -> None:
+    """A decoder process ends when the process that started it (pid `parent`) dies, on Linux: an
+    import killed with SIGKILL would otherwise leave its decoders waiting for work forever (each
+    sibling holds the task queue open, so none sees it close). Elsewhere nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:  # it died before prctl: no signal will come
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload: Callable[[T], object],

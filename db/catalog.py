@@ -1,7 +1,7 @@
 """Images and teacher drafts: adding them (idempotently) and reading them back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -12,8 +12,7 @@ IN_BATCH = 500
 """Values per `IN (...)` list (well under SQLite's and PostgreSQL's limits on bound parameters)."""
 
 
-@dataclass(frozen=True)
-class NewImage:
+class NewImage(NamedTuple):  # a tuple: a bulk import makes a million of them
     """One image to add in bulk (see add_images)."""
 
     source_key: str
@@ -55,11 +54,8 @@ def add_images(session: Session, *, source_kind: SourceKind, images: list[NewIma
 
     Returns, per image, whether it was added. The caller commits (one transaction per batch).
     """
-    hashes = [im.content_hash for im in images]
-    stored: set[str] = set()
-    for i in range(0, len(hashes), IN_BATCH):
-        chunk = hashes[i:i + IN_BATCH]
-        stored.update(session.exec(select(Image.content_hash).where(Image.content_hash.in_(chunk))).all())
+    conn = session.connection()
+    stored = _stored_hashes(conn, [im.content_hash for im in images])
     created, rows = [], []
     for im in images:
         new = im.content_hash not in stored
@@ -67,47 +63,61 @@ def add_images(session: Session, *, source_kind: SourceKind, images: list[NewIma
         if new:
             stored.add(im.content_hash)
             rows.append(im)
-    if not rows:
-        return created
-    now = utcnow()
-    conn = session.connection()
-    _insert_images(conn, source_kind=source_kind, images=rows, now=now)
-    ids: dict[str, int] = {}  # the new ids, by hash (portable: no RETURNING, which SQLite runs row by row)
-    for i in range(0, len(rows), IN_BATCH):
-        chunk = [im.content_hash for im in rows[i:i + IN_BATCH]]
-        ids.update(conn.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all())
-    _insert_reviews(conn, rows=[(ids[im.content_hash], im.label) for im in rows], now=now)
+    if rows:
+        if conn.dialect.name == "sqlite":
+            _insert_sqlite(conn, source_kind=source_kind, images=rows, now=utcnow())
+        else:
+            _insert_portable(conn, source_kind=source_kind, images=rows, now=utcnow())
     return created
 
 
-def _insert_images(conn, *, source_kind: SourceKind, images: list[NewImage], now) -> None:
-    """One executemany. On SQLite the rows go to the driver as tuples, stored as SQLAlchemy stores
-    them (enum by name, naive ISO datetime): a bulk import spends no time in per-row bind processing."""
-    if conn.dialect.name == "sqlite":
-        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
-        conn.exec_driver_sql(
-            "INSERT INTO image (source_kind, source_key, label, content_hash, width, height, png, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(source_kind.name, im.source_key, im.label, im.content_hash, im.width, im.height, im.png, stamp)
-             for im in images])
-        return
+def _stored_hashes(conn, hashes: list[str]) -> set[str]:
+    """Those of `hashes` already stored (on SQLite as plain SQL: no per-value bind processing)."""
+    stored: set[str] = set()
+    for i in range(0, len(hashes), IN_BATCH):
+        chunk = hashes[i:i + IN_BATCH]
+        if conn.dialect.name == "sqlite":
+            sql = f"SELECT content_hash FROM image WHERE content_hash IN ({','.join('?' * len(chunk))})"
+            stored.update(h for (h,) in conn.exec_driver_sql(sql, tuple(chunk)))
+        else:
+            stored.update(conn.execute(select(Image.content_hash).where(Image.content_hash.in_(chunk))).scalars())
+    return stored
+
+
+def _insert_sqlite(conn, *, source_kind: SourceKind, images: list[NewImage], now) -> None:
+    """SQLite: two statements, no per-row work but building the image tuples. The transaction began
+    with BEGIN IMMEDIATE (db/engine.py), so no other writer can come between reading the largest id
+    and inserting: the new ids are max + 1, max + 2, ..., the ones SQLite itself would give (the table
+    has no AUTOINCREMENT), and the review rows are made from them by an INSERT ... SELECT. Values are
+    stored as SQLAlchemy stores them (enum by name, naive ISO datetime)."""
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    first = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM image").scalar_one()
+    kind = source_kind.name
+    conn.exec_driver_sql(
+        "INSERT INTO image (id, source_kind, source_key, label, content_hash, width, height, png, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(first + i, kind, im.source_key, im.label, im.content_hash, im.width, im.height, im.png, stamp)
+         for i, im in enumerate(images)])
+    conn.exec_driver_sql(
+        "INSERT INTO review (image_id, label, state, flag_count, updated_at, version) "
+        "SELECT id, label, ?, 0, ?, 1 FROM image WHERE id >= ? ORDER BY id",
+        (ReviewState.pending.name, stamp, first))
+
+
+def _insert_portable(conn, *, source_kind: SourceKind, images: list[NewImage], now) -> None:
+    """Any other database (PostgreSQL): one executemany for the images, their new ids read back by
+    hash (no RETURNING: portable), one executemany for the review rows."""
     conn.execute(Image.__table__.insert(), [
         {"source_kind": source_kind, "source_key": im.source_key, "label": im.label, "png": im.png,
          "content_hash": im.content_hash, "width": im.width, "height": im.height, "created_at": now}
         for im in images])
-
-
-def _insert_reviews(conn, *, rows: list[tuple[int, str]], now) -> None:
-    """Pending review rows for new images, (image_id, label) each (see _insert_images)."""
-    if conn.dialect.name == "sqlite":
-        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
-        conn.exec_driver_sql(
-            "INSERT INTO review (image_id, label, state, flag_count, updated_at, version) VALUES (?, ?, ?, 0, ?, 1)",
-            [(image_id, label, ReviewState.pending.name, stamp) for image_id, label in rows])
-        return
+    ids: dict[str, int] = {}
+    for i in range(0, len(images), IN_BATCH):
+        chunk = [im.content_hash for im in images[i:i + IN_BATCH]]
+        ids.update(conn.execute(select(Image.content_hash, Image.id).where(Image.content_hash.in_(chunk))).all())
     conn.execute(Review.__table__.insert(), [
-        {"image_id": image_id, "label": label, "state": ReviewState.pending, "flag_count": 0,
-         "updated_at": now, "version": 1} for image_id, label in rows])
+        {"image_id": ids[im.content_hash], "label": im.label, "state": ReviewState.pending, "flag_count": 0,
+         "updated_at": now, "version": 1} for im in images])
 
 
 def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
@@ -120,8 +130,17 @@ def stored_source_keys(session: Session, *, keys: list[str]) -> set[str]:
 
 
 def stored_source_keys_under(session: Session, *, prefix: str) -> set[str]:
-    """Every stored source key starting with `prefix` (perhaps a few more: SQLite's LIKE ignores ASCII
-    case), for a large import to check its files against without a query per batch."""
+    """Every stored source key starting with `prefix` (perhaps a few more on PostgreSQL's LIKE path),
+    for a large import to check its files against without a query per batch.
+
+    On SQLite a key range (prefix <= key < the prefix with its last character one higher), which the
+    source-key index answers directly: a LIKE there ignores ASCII case, so it cannot use the index and
+    scanned every stored key, for every class of an import."""
+    last = ord(prefix[-1]) if prefix else 0
+    if session.get_bind().dialect.name == "sqlite" and 0 < last < 0xD7FF:
+        upper = prefix[:-1] + chr(last + 1)
+        return set(session.exec(select(Image.source_key).where(Image.source_key >= prefix,
+                                                                 Image.source_key < upper)).all())
     return set(session.exec(select(Image.source_key).where(Image.source_key.startswith(prefix, autoescape=True))).all())
 
 

@@ -1,6 +1,7 @@
 """The bulk folder import (issue 16): the batched, parallel import stores exactly what the one-by-one
 import stored; a killed import resumes without duplicates; a re-run skips stored paths unread;
-the fast PNG path hashes and stores what the upload decoder would."""
+the fast PNG path hashes and stores what the upload decoder would; the bulk insert stores what
+adding images one by one stores."""
 from __future__ import annotations
 
 import io
@@ -20,10 +21,11 @@ from PIL import PngImagePlugin
 from sqlalchemy import create_engine, inspect
 from sqlmodel import select
 
-from db.catalog import add_image
-from db.engine import alembic_config, init_store, session_scope
+from db.catalog import NewImage, add_image, add_images, stored_source_keys_under
+from db.engine import BULK_CACHE_KIB, BULK_CHECKPOINT_PAGES, alembic_config, bulk_writes, init_store, session_scope
 from db.models import Image, Review, ReviewState, SourceKind
-from pipeline.data.images import decode_file, pixel_hash, plain_png, to_png
+from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
+from pipeline.data.ingest import READ_SIZE, prepare_file, read_file
 from pipeline.data.sources import ImportSource, balanced_order, candidates_for, import_images
 from tests.conftest import BACKENDS, BUNDLED, both_backends
 
@@ -218,3 +220,145 @@ def test_migration_0007_adds_and_drops_the_source_key_index(tmp_path, backend, r
     command.downgrade(alembic_config(url), "0006")
     assert "ix_image_source_key" not in {ix["name"] for ix in inspect(engine).get_indexes("image")}
     engine.dispose()
+
+
+def _new_image(i: int, label: str, pixels: int) -> NewImage:
+    """Image number i (its own key) showing picture `pixels`: two numbers with one picture are duplicates."""
+    picture = PILImage.new("RGB", (4 + pixels % 3, 5), (pixels, 2 * pixels % 256, 7))
+    return NewImage(source_key=f"k/{i}", label=label, png=to_png(picture), content_hash=pixel_hash(picture),
+                    width=picture.width, height=picture.height)
+
+
+def _rows(engine) -> list[tuple]:
+    with session_scope(engine) as s:
+        rows = s.exec(select(Image, Review).join(Review, Review.image_id == Image.id).order_by(Image.id)).all()
+    return [(im.id, im.source_kind, im.source_key, im.label, im.content_hash, im.width, im.height, im.png,
+             rv.label, rv.state, rv.draft_id, rv.flag_count, rv.version, rv.reviewer, rv.claimed_by,
+             rv.updated_at.replace(tzinfo=None) - im.created_at.replace(tzinfo=None)) for im, rv in rows]
+
+
+@both_backends
+def test_add_images_stores_what_add_image_stores(store, backend, request, tmp_path):
+    """The bulk insert (SQLite: explicit ids and an INSERT ... SELECT for the reviews) gives the rows,
+    ids included, that adding the same images one by one gives: duplicates within a batch, across
+    batches and of images already stored are skipped, the first one kept."""
+    if backend == "sqlite":
+        other = init_store(f"sqlite:///{tmp_path / 'one_by_one.db'}")
+    else:
+        server = request.getfixturevalue("pg_server")
+        url = server.migrated_database()
+        other = init_store(url)
+        request.addfinalizer(lambda: server.drop_database(url))
+    request.addfinalizer(other.dispose)
+    stored_first = [_new_image(0, "cat", 1), _new_image(1, "dog", 2)]
+    batches = [
+        [_new_image(2, "cat", 3), _new_image(3, "cat", 1), _new_image(4, "dog", 4), _new_image(5, "bird", 3),
+         _new_image(6, "dog", 5)],  # 3: already stored; 5: repeats 2 (same batch)
+        [_new_image(7, "bird", 4), _new_image(8, "bird", 6), _new_image(9, "cat", 6), _new_image(10, "dog", 2)],
+        [_new_image(11, "cat", 1)],  # nothing new: no insert at all
+        [_new_image(12, "frog", 7)],
+    ]
+    for engine in (store, other):
+        with session_scope(engine) as s:
+            for im in stored_first:
+                add_image(s, source_kind=SourceKind.upload, **im._asdict())
+    bulk = []
+    for batch in batches:
+        with session_scope(store) as s:
+            bulk.append(add_images(s, source_kind=SourceKind.folder, images=batch))
+    single = []
+    for batch in batches:
+        with session_scope(other) as s:
+            single.append([add_image(s, source_kind=SourceKind.folder, **im._asdict())[1] for im in batch])
+    assert bulk == single == [[True, False, True, False, True], [False, True, False, False], [False], [True]]
+    assert [r[:-1] for r in _rows(store)] == [r[:-1] for r in _rows(other)]
+    assert [r[0] for r in _rows(store)] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(r[-1] == timedelta(0) for r in _rows(store)[2:])  # a new review's updated_at: its image's created_at
+
+
+def test_bulk_writes_checkpoint_less_often_and_give_the_defaults_back(store):
+    def pragmas() -> tuple[int, int]:
+        with store.connect() as conn:
+            return (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one(),
+                    conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
+
+    with bulk_writes(store):
+        assert pragmas() == (BULK_CHECKPOINT_PAGES, -BULK_CACHE_KIB)
+    assert pragmas() == (1000, -2000)  # SQLite's defaults: the app's pooled connection keeps none of it
+
+
+def test_a_file_larger_than_the_first_read_is_read_whole(tmp_path):
+    noise = PILImage.frombytes("RGB", (200, 200), os.urandom(200 * 200 * 3))
+    noise.save(tmp_path / "noise.png")
+    data = (tmp_path / "noise.png").read_bytes()
+    assert len(data) > READ_SIZE
+    assert read_file(str(tmp_path / "noise.png")) == data
+    png, width, height, content_hash = prepare_file(str(tmp_path / "noise.png"))
+    assert (width, height, content_hash) == (200, 200, pixel_hash(noise))
+    assert PILImage.open(io.BytesIO(png)).convert("RGB").tobytes() == noise.tobytes()
+    (tmp_path / "huge.png").write_bytes(data + b"\0" * (MAX_UPLOAD_BYTES + 10 - len(data)))
+    assert len(read_file(str(tmp_path / "huge.png"))) == MAX_UPLOAD_BYTES + 1  # enough to refuse it
+    assert prepare_file(str(tmp_path / "huge.png")).png is None
+
+
+@both_backends
+def test_stored_source_keys_under_a_prefix(store, backend):
+    """A large class checks its files against the keys under its folder: all of them, and on SQLite (a key
+    range the source-key index answers, not a LIKE that scans every key) exactly them."""
+    keys = ["/d/a_b%/x.png", "/d/a_b%/y/z.png", "/d/a_b%", "/d/a_b%0.png", "/D/A_B%/x.png", "/d/axb%/x.png",
+            "/d/a_b%/é.png", "/d/a_b&/x.png"]
+    with session_scope(store) as s:
+        add_images(s, source_kind=SourceKind.folder, images=[_new_image(i, "cat", i) for i in range(len(keys))])
+        for i, key in enumerate(keys):
+            s.exec(select(Image).where(Image.source_key == f"k/{i}")).one().source_key = key
+    with session_scope(store) as s:
+        found = stored_source_keys_under(s, prefix="/d/a_b%/")
+    expected = {"/d/a_b%/x.png", "/d/a_b%/y/z.png", "/d/a_b%/é.png"}
+    assert found >= expected
+    if backend == "sqlite":
+        assert found == expected
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="decoders follow their parent on Linux only")
+def test_a_killed_import_leaves_no_decoder_processes(tmp_path):
+    root, data = tmp_path / "src", tmp_path / "data"
+    write_pngs(root, 1500)
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
+           "--batch-size", "50", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    decoders = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(decoders) >= 2, "the import finished before it could be killed"
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in decoders) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in decoders if _alive(p)]
+    for p in left:  # do not leave them behind whatever the outcome
+        os.kill(p, signal.SIGKILL)
+    assert not left  # each decoder ended with the import that started it

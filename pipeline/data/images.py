@@ -116,7 +116,7 @@ def square_resize(image: Image.Image, size: int) -> Image.Image:
 
 def pixel_hash(image: Image.Image) -> str:
     """sha256 of the decoded RGB pixels (and size): the same picture from two sources is one image."""
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
     h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     h.update(rgb.tobytes())
     return h.hexdigest()

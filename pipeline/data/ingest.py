@@ -6,8 +6,11 @@ anything else goes through the upload decoder (`decode_file`, `to_rgb`, `to_png`
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,14 +42,27 @@ def prepare_image(image: PILImage.Image) -> Prepared:
     return Prepared(to_png(image), image.width, image.height, pixel_hash(image))
 
 
+READ_SIZE = 1 << 16
+"""First read of a file: a small image in one read. (A single read of MAX_UPLOAD_BYTES + 1 would
+allocate and give back 20 MiB per file, which cost more than decoding a 32x32 PNG.)"""
+
+
+def read_file(path: str) -> bytes:
+    """The file's bytes, at most MAX_UPLOAD_BYTES + 1 of them (enough to see that it is too large)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, READ_SIZE)
+        if len(data) == READ_SIZE:
+            data += os.read(fd, MAX_UPLOAD_BYTES + 1 - READ_SIZE)
+        return data
+    finally:
+        os.close(fd)
+
+
 def prepare_file(path: str) -> Prepared:
     """Read and decode one file; an unreadable one gives Prepared(None)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = os.read(fd, MAX_UPLOAD_BYTES + 1)
-        finally:
-            os.close(fd)
+        data = read_file(path)
         if (fast := plain_png(data)) is not None:
             return Prepared(*fast)
         image = decode_file(path)  # the upload decoder: names what is wrong, bomb checks, 16-bit
@@ -85,12 +101,28 @@ def make_executor(workers: int) -> Executor:
         return InlineExecutor()
     methods = multiprocessing.get_all_start_methods()
     if threading.active_count() == 1 and "fork" in methods:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
     if "forkserver" not in methods:
-        return ProcessPoolExecutor(max_workers=workers)
-    context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    context = multiprocessing.get_context("forkserver")  # the parent: the fork server, which ends with us
     context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
+                               initargs=(None,))
+
+
+def die_with_parent(parent: int | None) -> None:
+    """A decoder process ends when the process that started it (pid `parent`) dies, on Linux: an
+    import killed with SIGKILL would otherwise leave its decoders waiting for work forever (each
+    sibling holds the task queue open, so none sees it close). Elsewhere nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:  # it died before prctl: no signal will come
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload: Callable[[T], object],

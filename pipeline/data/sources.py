@@ -8,9 +8,12 @@ written in batches.
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -118,9 +121,21 @@ def class_candidates(root: Path, class_dir: Path, *, prefix: str) -> list[Candid
     return out
 
 
-def folder_classes(root: Path, *, prefix: str) -> list[tuple[str, Callable[[], list[Candidate]]]]:
-    """(class, list its candidates) per sub-folder of `root`, by name: a class is listed only when
-    its turn comes, so memory holds one class folder's names at a time.
+class SourceClass(NamedTuple):
+    """One class of a source: `listing()` makes its candidates (in their turn: memory holds one
+    class's at a time), `count()` says how many there are without making them."""
+
+    label: str
+    listing: Callable[[], list[Candidate]]
+    count: Callable[[], int]
+
+
+def _listed(label: str, items: list[Candidate]) -> SourceClass:
+    return SourceClass(label, lambda: items, lambda: len(items))
+
+
+def folder_classes(root: Path, *, prefix: str) -> list[SourceClass]:
+    """One SourceClass per sub-folder of `root`, by name.
 
     A folder without class sub-folders holding images raises SourceError naming the layout.
     """
@@ -133,7 +148,8 @@ def folder_classes(root: Path, *, prefix: str) -> list[tuple[str, Callable[[], l
         hint = f"; it holds {loose} image(s) directly, move them into class sub-folders" if loose else ""
         raise SourceError(f"image folder {root} has no class sub-folders with images{hint}. "
                           f"Expected the layout {LAYOUT} (the sub-folder's name is the class).")
-    return [(d.name, lambda d=d: class_candidates(root, d, prefix=prefix)) for d in class_dirs]
+    return [SourceClass(d.name, lambda d=d: class_candidates(root, d, prefix=prefix),
+                        lambda d=d: sum(1 for _ in _image_files(str(d)))) for d in class_dirs]
 
 
 def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[Candidate]:
@@ -154,13 +170,13 @@ def cifar10_candidates(root: Path, *, split: Split, download: bool) -> Iterator[
 def candidates_for(source: ImportSource, *, path: Path | None = None, split: Split = Split.test,
                    download: bool = False) -> Iterator[Candidate]:
     """The candidates of one source (the split matters for CIFAR-10 only)."""
-    for _label, listing in classes_for(source, path=path, split=split, download=download):
-        yield from listing()
+    for source_class in classes_for(source, path=path, split=split, download=download):
+        yield from source_class.listing()
 
 
 def classes_for(source: ImportSource, *, path: Path | None = None, split: Split = Split.test,
-                download: bool = False) -> list[tuple[str, Callable[[], list[Candidate]]]]:
-    """(class, list its candidates) per class of one source, sorted by class."""
+                download: bool = False) -> list[SourceClass]:
+    """The classes of one source, sorted by name."""
     source, split = ImportSource(source), Split(split)
     if source == ImportSource.bundled:
         return folder_classes(BUNDLED_DIR, prefix="bundled:")
@@ -173,7 +189,7 @@ def classes_for(source: ImportSource, *, path: Path | None = None, split: Split 
     by_class: dict[str, list[Candidate]] = {}
     for c in cifar10_candidates(Path(path), split=split, download=download):
         by_class.setdefault(c.label, []).append(c)
-    return [(label, lambda items=items: items) for label, items in sorted(by_class.items())]
+    return [_listed(label, items) for label, items in sorted(by_class.items())]
 
 
 def sample_order(items: list[Candidate], *, label: str, seed: int) -> list[Candidate]:
@@ -195,6 +211,8 @@ BATCH = 2000
 """Images per transaction in an import."""
 CHUNK = 250
 """Files per task handed to a decoder process."""
+MAX_QUEUED = 8 * CHUNK
+"""At most this many more files decoded ahead while a batch is written."""
 PARALLEL_FROM = 2000
 """Imports of fewer images decode in this process (starting worker processes costs more)."""
 
@@ -216,21 +234,39 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
         raise SourceError("n_per_class must be >= 1 (or None: every image)")
     source = ImportSource(source)
     classes = classes_for(source, path=path, split=split, download=download)
-    # count first (the progress total), then list each class again in its turn: flat memory
-    sizes = [len(listing()) for _label, listing in classes]
+    sizes = [c.count() for c in classes]  # the progress total; each class is listed in its turn
     total = sum(sizes) if n_per_class is None else sum(min(n_per_class, n) for n in sizes)
     if workers is None:
         workers = default_workers() if total >= PARALLEL_FROM else 0
     writer = _Writer(engine, source=source, batch_size=batch_size, total=total, on_progress=on_progress)
-    with make_executor(workers) as executor, bulk_writes(engine):
-        for label, listing in classes:
-            items = listing()
+    # enough chunks queued that the decoders keep working while a batch is written (bounded: flat memory)
+    in_flight = 2 * max(workers, 1) + 2 + min(batch_size, MAX_QUEUED) // CHUNK
+    with _heap_frozen(), make_executor(workers) as executor, bulk_writes(engine), ThreadPoolExecutor(1) as lister:
+        if workers > 0:  # the decoders are forked at the first task: before the listing thread starts
+            executor.submit(os.getpid).result()
+        upcoming = lister.submit(classes[0].listing) if classes else None
+        for i, (label, _listing, _count) in enumerate(classes):
+            items = upcoming.result()
+            if i + 1 < len(classes):  # the next class is listed while this one is imported
+                upcoming = lister.submit(classes[i + 1].listing)
             if n_per_class is not None:
                 items = sample_order(items, label=label, seed=seed)
             _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
-                          in_flight=2 * max(workers, 1) + 2)
+                          in_flight=in_flight)
         writer.flush()
     return writer.summary
+
+
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Leave the objects that exist before the import (the modules, an app's state) out of the cyclic
+    garbage collector's passes while it runs: the import's millions of tuples set off full collections,
+    and each walked that whole heap again (~0.25 s each with the CLI's modules). Given back after."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _Writer:

@@ -141,3 +141,19 @@ def test_readers_fold_the_deltas_and_keep_the_figures(engine, monkeypatch):
         rows = s.exec(select(ReviewTally)).all()
     assert _same(engine) == before
     assert len(rows) == len({(r.label, r.state, r.edited) for r in rows})  # one row per key
+
+
+def test_a_bulk_import_leaves_one_tally_row_per_key(engine, tmp_path):
+    """After `import_images` the deltas are folded (PostgreSQL), so the first page read after a big
+    import sums a few rows, not one per imported image; SQLite keeps one row per key throughout."""
+    from pipeline.data.sources import ImportSource, import_images
+    from tests.test_import_bulk import write_pngs
+
+    write_pngs(tmp_path, 40)
+    summary = import_images(engine, source=ImportSource.folder, path=tmp_path, n_per_class=None, workers=0,
+                            batch_size=7)
+    assert summary.added == 40
+    kept = _same(engine)
+    with session_scope(engine) as s:
+        rows = s.exec(select(ReviewTally)).all()
+    assert len(rows) == len(kept) == len({r.label for r in rows})  # every image pending: one key per class

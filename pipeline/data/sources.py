@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from db.catalog import NewImage, add_images, stored_source_keys, stored_source_keys_under
 from db.engine import bulk_writes, session_scope
 from db.models import SourceKind
+from db.tally import fold
 from pipeline.data.images import IMAGE_SUFFIXES, UploadError
 from pipeline.data.ingest import (
     UNREADABLE,
@@ -254,6 +255,9 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
             _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
                           in_flight=in_flight)
         writer.flush()
+    if writer.summary.added:  # PostgreSQL: one row per key again, so the first page after a big import reads few
+        with session_scope(engine) as session:
+            fold(session)
     return writer.summary
 
 

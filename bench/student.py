@@ -9,8 +9,9 @@ Prints one JSON object per phase, the first with the CPU's flags and path (pipel
 every inference row says which inference path ran and why (auto: the one load_student chooses,
 inference_path.py), whether the native kernels ran (nf4 against nf4-torch is what they buy), and
 its decode speed and time to first token beside the targets (>= 0.5 of the bound, <= 3 s), and
-what bounds the latter: the prompt's matmul work (`prompt_gflop`) over the best rate of a 64-row
-product here, as bf16 or widened to float32 (`gemm_gflops`, `ttft_compute_bound_s`).
+what the latter costs: the prompt's matmul work (`prompt_gflop`) over the better rate of one 64-row
+3072x8192 product here, as bf16 or widened to float32 (`gemm_gflops`, `ttft_compute_estimate_s`: close for
+the dense paths, pessimistic for NF4, whose prompt runs larger bf16 products).
 On a CPU wider than AVX2 a last row runs `auto` as an AVX2-only CPU would (`--cpu-path AVX2`:
 Settings.cpu_path for the path choice, and ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 so
 torch's own kernels are AVX2 ones too); `--avx2-row no` leaves it out.
@@ -199,7 +200,7 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int, cpu_path: str
             bws.append(bandwidth_gbs())
     bw = max(max(b["read_gbs"], b["copy_gbs"]) for b in bws)
     ttft, tps = min(r[0] for r in runs), max(r[1] for r in runs)
-    # what bounds the time to first token: the prompt's matmuls against the best product rate here
+    # what the first token costs: the prompt's matmuls at the better rate of one product shape here
     prompt_gflop = 2 * ModelSizes.of_config(student.lm.config).linear_params * len(student.layout.prompt_ids) / 1e9
     product = fp32_prefill.probe()  # a 64-row product with a 3072x8192 bf16 weight, as bf16 and widened
     gemm_gflops = 2 * 64 * 3072 * 8192 / min(product.values()) / 1e9
@@ -211,7 +212,7 @@ def phase_infer(work: Path, name: str, new_tokens: int, reps: int, cpu_path: str
             "new_tokens": new_tokens, "native_kernels": decoder(student).native_kernels,
             "prompt_gflop": round(prompt_gflop, 1), "gemm_gflops": round(gemm_gflops, 1),
             "product_ms": {k: round(v * 1e3, 1) for k, v in product.items()},
-            "ttft_compute_bound_s": round(prompt_gflop / gemm_gflops, 2),
+            "ttft_compute_estimate_s": round(prompt_gflop / gemm_gflops, 2),
             "cpu_path": limit_cpu(cpu(), cpu_path).path,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_avg": [round(x, 2) for x in os.getloadavg()], "targets": TARGETS,

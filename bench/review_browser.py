@@ -118,7 +118,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
     reviewer = getpass.getuser() or "local"  # local mode signs in the person at this machine
     done: list[tuple[int, str]] = []
     times: dict[str, list[float]] = {}
-    no_next = stalls = 0
+    no_next = stalls = cards = 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -132,6 +132,8 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
             stalls += before["queued"] < 2  # nothing preloaded behind this item: the next comes from the server
             press(page, card, action, before["caption"])
             ms = wait_next(page, card, before, timeout_ms=10_000)
+            if card == "browser":  # one card on the page (a remount once left a frozen copy above it)
+                cards = max(cards, page.evaluate("document.querySelectorAll('[data-testid=\"reviewCard\"]').length"))
             done.append((int(before["id"]), action))
             if ms is None:
                 no_next += 1
@@ -159,6 +161,7 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
             "lost_decisions": len(pressed) - len(stored) - refused,
             "visibly_refused": refused, "presses_without_next_item": no_next,
             "presses_with_nothing_preloaded": stalls if card == "browser" else None,
+            "cards_on_page_max": cards if card == "browser" else None,
             "latency_ms": percentiles(every) if len(every) > 1 else None,
             "latency_p50_ms_by_action": {a: round(sorted(ts)[len(ts) // 2], 1) for a, ts in times.items()}}
 

@@ -44,7 +44,7 @@ def show_review_card(engine: Engine, *, actor: Actor, spec: studio.QueueSpec, pr
         st.error(md_escape(view.message))
     st.session_state["card_spec"] = spec
     progress_panel(view.progress, per_class=False)
-    data = {"items": [_item(i) for i in view.items], "acked": queue.acked,
+    data = {"reviewer": actor.name, "items": [_item(i) for i in view.items], "acked": queue.acked,
             "results": [r.__dict__ for r in queue.results],
             "reasons": [[r.value, reason_label(r)] for r in RejectReason],
             "empty_text": "Nothing left to review with these filters."}

@@ -83,7 +83,6 @@ function makeState(root, setStateValue) {
   ui.caption.addEventListener("input", () => showDiff(S));
   ui.reason.addEventListener("change", () => { if (S.rejecting && ui.reason.value) act2(S, "reject"); });
   S.onKey = (e) => onKey(S, e);
-  window.addEventListener("keydown", S.onKey, true);  // capture: before Streamlit's own shortcuts
   return S;
 }
 
@@ -225,14 +224,38 @@ function update(S, data) {
   render(S);
 }
 
+// One card per page, kept across remounts: Streamlit may mount the component again in a new element
+// (a fragment rerun cut short by the next one leaves the old element on the page). A card per mount
+// lost the decisions the old one had not yet had acknowledged and left a frozen copy on screen, so the
+// card, its numbered queue and its client id live on the window, and a new mount takes the card over.
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
-  let S = parentElement.__capReview;
-  if (!S) S = parentElement.__capReview = makeState(parentElement, setStateValue);
-  S.setStateValue = setStateValue;
+  let S = window.__capReviewCard, remounted = false;
+  if (S && S.reviewer !== data.reviewer) {  // someone else signed in on this tab: nothing of theirs carries over
+    window.removeEventListener("keydown", S.onKey, true);
+    S.ui.card.remove();
+    S = null;
+  }
+  if (!S) {
+    S = window.__capReviewCard = makeState(parentElement, setStateValue);
+    S.reviewer = data.reviewer;
+  } else if (S.ui.card.parentElement !== parentElement || !S.listening) {  // a new mount of the same card
+    remounted = true;
+    const focused = S.ui.card.contains(document.activeElement) ? document.activeElement : null;
+    parentElement.appendChild(S.ui.card);  // moved, not copied: one card on the page
+    if (focused) focused.focus();
+  }
+  if (!S.listening) {
+    window.addEventListener("keydown", S.onKey, true);  // capture: before Streamlit's own shortcuts
+    S.listening = true;
+  }
+  S.setStateValue = setStateValue;  // the live instance's: a send through a dead one is lost
   update(S, data);
+  if (remounted && S.pending.length) {  // unacknowledged decisions of an earlier mount: send them through this one
+    S.setStateValue("queue", { client: S.client, decisions: S.pending.slice() });
+  }
   return () => {
     window.removeEventListener("keydown", S.onKey, true);
-    delete parentElement.__capReview;
+    S.listening = false;
   };
 }

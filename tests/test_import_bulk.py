@@ -145,18 +145,26 @@ def count_rows(db: Path) -> tuple[int, int]:
         return 0, 0
 
 
+def import_until_100_rows(root: Path, data: Path, *, workers: int, output) -> tuple[subprocess.Popen, dict, list]:
+    """`python -m pipeline import` of `root` into `data`, started and left running once 100 images are stored
+    (or it ended, or 600 s passed); returns the process, its environment and its command line."""
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
+           "--batch-size", "50", "--workers", str(workers)]
+    stderr = subprocess.STDOUT if output == subprocess.PIPE else output
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=output, stderr=stderr)
+    deadline = time.monotonic() + 600
+    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc, env, cmd
+
+
 def test_a_killed_import_resumes_without_duplicates(tmp_path):
     n = 3000
     root, data = tmp_path / "src", tmp_path / "data"
     write_pngs(root, n)
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
-           "--batch-size", "50", "--workers", "0"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    proc, env, cmd = import_until_100_rows(root, data, workers=0, output=subprocess.PIPE)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = count_rows(data / "studio.db")
@@ -343,14 +351,7 @@ def _alive(pid: int) -> bool:
 def test_a_killed_import_leaves_no_decoder_processes(tmp_path):
     root, data = tmp_path / "src", tmp_path / "data"
     write_pngs(root, 1500)
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
-           "--batch-size", "50", "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    proc, _, _ = import_until_100_rows(root, data, workers=2, output=subprocess.DEVNULL)
     decoders = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -32,7 +32,7 @@ from db.models import (
     ReviewState,
     utcnow,
 )
-from db.tally import approved_counts, counts_by_class  # noqa: F401  (re-exported: the maintained tally)
+from db.tally import counts_by_class
 
 MAX_CAPTION_CHARS = 2000
 CLAIM_TTL = timedelta(minutes=10)

@@ -63,8 +63,13 @@ def approved_counts(session: Session) -> dict[str, int]:
 
 def edited_counts(session: Session) -> dict[str, int]:
     """{label: approved items whose caption is not the draft's text} (labels with none left out)."""
+    return edited_of(tally(session))
+
+
+def edited_of(kept: dict[Key, int]) -> dict[str, int]:
+    """edited_counts from a tally already read."""
     out: dict[str, int] = {}
-    for (lab, _, edited), n in tally(session).items():
+    for (lab, _, edited), n in kept.items():
         if edited:
             out[lab] = out.get(lab, 0) + n
     return out

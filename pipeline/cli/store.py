@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from db.engine import init_store, session_scope
 from db.models import Draft, Image, ReviewState
-from db.review import counts_by_class
+from db.tally import counts_by_class
 from pipeline.data.sources import ImportSource, SourceError, Split, import_images
 from pipeline.settings import Settings
 

@@ -121,7 +121,7 @@ def balance_from_counts(counts: dict[str, int], *, target_per_class: int) -> Bal
 
 def balance_report(settings: Settings, engine: Engine) -> BalanceReport:
     """Approved pairs per class now, against settings.target_per_class (for the export page)."""
-    from db.review import approved_counts
+    from db.tally import approved_counts
 
     with session_scope(engine) as s:
         counts = approved_counts(s)

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from db.engine import session_scope
 from db.models import Draft, Image, Review, ReviewState
 from db.review import reviewer_names
-from db.tally import edited_counts, tally
+from db.tally import edited_of, tally
 from pipeline.data.images import upscale_png
 from pipeline.teacher.flags import flag_choices, flag_label
 
@@ -132,7 +132,7 @@ def _class_counts(session: Session) -> tuple[pd.DataFrame, pd.DataFrame, list[st
     kept = tally(session)
     states = pd.DataFrame([(lab, state.value, n) for (lab, state, _), n in kept.items()],
                           columns=["label", "state", "n"]).groupby(["label", "state"], as_index=False)["n"].sum()
-    edited = pd.DataFrame(sorted(edited_counts(session).items()), columns=["label", "edited"])
+    edited = pd.DataFrame(sorted(edited_of(kept).items()), columns=["label", "edited"])  # the same read
     return states, edited, reviewer_names(session)
 
 

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from db.catalog import count_drafts, count_images
 from db.engine import session_scope
 from db.models import ReviewState
-from db.review import counts_by_class
+from db.tally import counts_by_class
 from pipeline.classes import CLASSES
 
 

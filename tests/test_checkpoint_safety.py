@@ -59,6 +59,27 @@ def test_loading_a_planted_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_any_garbage_file_is_refused_with_the_same_message(tmp_path):
+    """Random bytes fail inside torch.load in many ways (UnpicklingError, EOFError, AssertionError,
+    UnicodeDecodeError...): every one of them must come out as the one refusal, never a traceback.
+    CI once drew 512 random bytes that raised a bare AssertionError."""
+    rng = random.Random(20261206)
+    kinds = set()
+    path = tmp_path / "optimizer.pt"
+    for n in range(400):
+        blob = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 2, 7, 64, 512])))
+        if n % 4 == 0:  # a pickle protocol header makes the unpickler read further before failing
+            blob = b"\x80\x02" + blob
+        path.write_bytes(blob)
+        try:
+            torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # recording which ways torch.load fails
+            kinds.add(type(exc).__name__)
+        with pytest.raises(UnsafeCheckpointError, match="Delete"):
+            load_optimizer_state(path)
+    assert len(kinds) >= 2, kinds  # the draw really exercised more than one way of failing
+
+
 def test_a_genuine_checkpoint_blob_loads_safely(tmp_path):
     """What save_checkpoint writes (tensors, numbers, numpy's and Python's RNG state) loads."""
     p = torch.nn.Parameter(torch.ones(3))

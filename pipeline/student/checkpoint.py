@@ -35,12 +35,12 @@ def _numpy_rng_globals() -> list:
 
 def load_optimizer_state(path: Path) -> dict:
     """optimizer.pt loaded with weights_only=True (on the CPU), or UnsafeCheckpointError."""
-    import pickle
-
     try:
         with torch.serialization.safe_globals(_numpy_rng_globals()):
             blob = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as exc:
+    except Exception as exc:  # arbitrary bytes fail in many ways (Unpickling/EOF/Assertion/...)
+        if isinstance(exc, OSError) and not path.is_file():
+            raise
         first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         raise UnsafeCheckpointError(
             f"refusing to resume from {path}: it does not load as plain tensors (weights_only=True: {first}); "

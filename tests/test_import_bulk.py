@@ -22,10 +22,18 @@ from sqlalchemy import create_engine, inspect
 from sqlmodel import select
 
 from db.catalog import NewImage, add_image, add_images, stored_source_keys_under
-from db.engine import BULK_CACHE_KIB, BULK_CHECKPOINT_PAGES, alembic_config, bulk_writes, init_store, session_scope
+from db.engine import (
+    BULK_CACHE_KIB,
+    BULK_CHECKPOINT_BYTES,
+    PAGE_SIZE,
+    alembic_config,
+    bulk_writes,
+    init_store,
+    session_scope,
+)
 from db.models import Image, Review, ReviewState, SourceKind
 from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
-from pipeline.data.ingest import READ_SIZE, prepare_file, read_file
+from pipeline.data.ingest import READ_SIZE, prepare_file, prepare_files, read_file
 from pipeline.data.sources import ImportSource, balanced_order, candidates_for, import_images
 from tests.conftest import BACKENDS, BUNDLED, both_backends
 
@@ -290,8 +298,12 @@ def test_bulk_writes_checkpoint_less_often_and_give_the_defaults_back(store):
             return (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one(),
                     conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
 
-    with bulk_writes(store):
-        assert pragmas() == (BULK_CHECKPOINT_PAGES, -BULK_CACHE_KIB)
+    with bulk_writes(store) as conn:
+        page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+        assert (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one(),
+                conn.exec_driver_sql("PRAGMA cache_size").scalar_one()) == (BULK_CHECKPOINT_BYTES // page,
+                                                                            -BULK_CACHE_KIB)
+        conn.commit()
     assert pragmas() == (1000, -2000)  # SQLite's defaults: the app's pooled connection keeps none of it
 
 
@@ -363,3 +375,59 @@ def test_a_killed_import_leaves_no_decoder_processes(tmp_path):
     for p in left:  # do not leave them behind whatever the outcome
         os.kill(p, signal.SIGKILL)
     assert not left  # each decoder ended with the import that started it
+
+
+def test_a_new_sqlite_store_has_8_kib_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """Three ~2.5 KB image rows share an 8 KiB page (a 4 KiB page held one, the rest slack). A store
+    made before keeps its 4 KiB pages and imports into them as before."""
+    new = init_store(f"sqlite:///{tmp_path / 'new.db'}")
+    old_path = tmp_path / "old.db"
+    conn = sqlite3.connect(old_path)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("CREATE TABLE made_before (x)")  # the file now has pages of 4 KiB
+    conn.commit()
+    conn.close()
+    old = init_store(f"sqlite:///{old_path}")
+    for engine, page in ((new, PAGE_SIZE), (old, 4096)):
+        with engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA page_size").scalar_one() == page
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        summary = import_images(engine, source=ImportSource.bundled, n_per_class=2, workers=0)
+        assert summary.added == 20
+    assert PAGE_SIZE == 8192
+
+
+def test_a_chunk_comes_back_from_a_worker_as_the_files_it_read(tmp_path):
+    """What crosses the process boundary (one PreparedChunk a chunk) gives back, in order, what
+    prepare_file gives for each file, unreadable ones included; and it pickles as itself."""
+    import pickle
+
+    paths = [str(p) for p in sorted((BUNDLED / "cat").glob("*.png"))[:5]]
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    paths.insert(2, str(tmp_path / "broken.png"))
+    chunk = prepare_files(paths)
+    again = pickle.loads(pickle.dumps(chunk))
+    assert list(again) == list(chunk) == [prepare_file(p) for p in paths]
+    assert len(chunk) == 6 and list(chunk)[2].png is None
+    assert all(len(p.content_hash) == 64 for i, p in enumerate(chunk) if i != 2)
+
+
+def test_an_error_while_writing_a_batch_stops_the_import_and_keeps_the_batches_before(tmp_path, monkeypatch):
+    """Batches are written on the writer thread; a failure there is raised by the import (not lost in
+    the thread), and the batches written before it stay in the store."""
+    import pipeline.data.sources as sources
+
+    engine = init_store(f"sqlite:///{tmp_path / 'store.db'}")
+    real, calls = sources.add_images, []
+
+    def failing_third(session, **kw):
+        calls.append(len(kw["images"]))
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(session, **kw)
+
+    monkeypatch.setattr(sources, "add_images", failing_third)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_images(engine, source=ImportSource.bundled, n_per_class=None, workers=0, batch_size=7)
+    with session_scope(engine) as s:
+        assert len(s.exec(select(Image)).all()) == 14 == len(s.exec(select(Review)).all())

@@ -14,6 +14,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -165,13 +166,16 @@ def plain_png(data: bytes) -> tuple[bytes, int, int, str] | None:
     width, height, depth, color, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", ihdr, 8)
     if (depth, color, compression, filtering, interlace) != (8, 2, 0, 0, 0) or not 0 < width * height <= MAX_PIXELS:
         return None
-    body = b"".join(data[a + 8:b - 4] for a, b in idat)
-    try:
-        image = Image.frombytes("RGB", (width, height), body, "zip", "RGB")
-    except (ValueError, OSError, zlib.error):  # damaged compressed data: let the full decoder say so
-        return None
     png = b"".join([PNG_SIGNATURE, ihdr, *(data[a:b] for a, b in idat), _IEND])
-    return png, width, height, pixel_hash(image)
+    try:
+        pixels = pyspng.load(png)  # libspng: half of Pillow's per-image cost on a small PNG
+    except RuntimeError:  # damaged compressed data: let the full decoder say so
+        return None
+    if pixels.shape != (height, width, 3):
+        return None
+    h = hashlib.sha256(f"{width}x{height}:".encode())
+    h.update(pixels)  # the bytes pixel_hash reads from a PIL image: RGB rows, top to bottom
+    return png, width, height, h.hexdigest()
 
 
 def to_png(image: Image.Image) -> bytes:

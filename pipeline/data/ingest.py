@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from PIL import Image as PILImage
@@ -71,9 +72,52 @@ def prepare_file(path: str) -> Prepared:
         return Prepared(None)
 
 
-def prepare_files(paths: list[str]) -> list[Prepared]:
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """A chunk of prepared files in the few objects a worker sends back: the PNGs end to end, and
+    per file where its PNG ends, its size (0 x 0: unreadable) and its hash (64 hex digits, or 64
+    spaces). Pickling 250 Prepared tuples and unpickling them in the importing process cost ~6 us a
+    file; this costs a fraction of that. Iterating gives the Prepared tuples back, in order."""
+
+    blob: bytes
+    ends: list[int]
+    widths: list[int]
+    heights: list[int]
+    hashes: str
+
+    def __iter__(self) -> Iterator[Prepared]:
+        start = 0
+        for i, end in enumerate(self.ends):
+            width = self.widths[i]
+            if width:
+                yield Prepared(self.blob[start:end], width, self.heights[i], self.hashes[64 * i:64 * i + 64])
+            else:
+                yield Prepared(None)
+            start = end
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
+_NO_HASH = " " * 64
+
+
+def prepare_files(paths: list[str]) -> PreparedChunk:
     """One chunk of files (what a worker process runs)."""
-    return [prepare_file(p) for p in paths]
+    pngs, ends, widths, heights, hashes, end = [], [], [], [], [], 0
+    for path in paths:
+        png, width, height, content_hash = prepare_file(path)
+        if png is None:
+            width = height = 0
+            content_hash = _NO_HASH
+        else:
+            pngs.append(png)
+            end += len(png)
+        ends.append(end)
+        widths.append(width)
+        heights.append(height)
+        hashes.append(content_hash)
+    return PreparedChunk(b"".join(pngs), ends, widths, heights, "".join(hashes))
 
 
 def default_workers() -> int:

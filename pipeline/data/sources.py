@@ -12,14 +12,16 @@ import gc
 import os
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image as PILImage
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
 
 from db.catalog import NewImage, add_images, stored_source_keys, stored_source_keys_under
 from db.engine import bulk_writes, session_scope
@@ -102,8 +104,33 @@ def _image_files(folder: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[tup
         for e in entries:
             if e.is_dir() and not e.is_symlink():
                 yield from _image_files(e.path, (*parts, e.name))
-            elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+            elif _suffix(e.name) in IMAGE_SUFFIXES and e.is_file():
                 yield (*parts, e.name), e
+
+
+def _suffix(name: str) -> str:
+    """os.path.splitext(name)[1].lower() for a file name, in a third of the time."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 and name[:dot].strip(".") else ""
+
+
+def _image_entries(folder: str, parts: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, bool]]:
+    """(path parts under `folder`, path, is a symlink) of the image files under `folder`, as
+    _image_files finds them, in one list (a million-file import lists ~4x faster than through DirEntry
+    objects kept for sorting)."""
+    out = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            name = e.name
+            if e.is_dir() and not e.is_symlink():
+                out.extend(_image_entries(e.path, (*parts, name)))
+            elif _suffix(name) in IMAGE_SUFFIXES and e.is_file():
+                out.append(((*parts, name), e.path, e.is_symlink()))
+    return out
+
+
+def _first_name(found: tuple[tuple[str, ...], str, bool]) -> str:
+    return found[0][0]
 
 
 def class_candidates(root: Path, class_dir: Path, *, prefix: str) -> list[Candidate]:
@@ -111,14 +138,18 @@ def class_candidates(root: Path, class_dir: Path, *, prefix: str) -> list[Candid
     that resolves outside `root` is never read: its candidate refuses it (counted as unreadable)."""
     real_root = root.resolve()
     check_all = class_dir.is_symlink()
+    label = class_dir.name
+    base = f"{prefix}{label}/"
     out = []
-    for parts, entry in sorted(_image_files(str(class_dir)), key=lambda pe: pe[0]):
-        rel = "/".join((class_dir.name, *parts))
-        key = f"{prefix}{rel}"
-        if (check_all or entry.is_symlink()) and not Path(entry.path).resolve().is_relative_to(real_root):
-            out.append(Candidate(key, class_dir.name, load=_refuse(f"{entry.name} points outside the import folder")))
+    found = _image_entries(str(class_dir))
+    # path order; a flat folder's names sort as plain strings (faster than as one-element tuples)
+    found.sort(key=itemgetter(0) if any(len(f[0]) > 1 for f in found) else _first_name)
+    for parts, path, link in found:
+        key = base + (parts[0] if len(parts) == 1 else "/".join(parts))
+        if (check_all or link) and not Path(path).resolve().is_relative_to(real_root):
+            out.append(Candidate(key, label, load=_refuse(f"{parts[-1]} points outside the import folder")))
         else:
-            out.append(Candidate(key, class_dir.name, path=entry.path))
+            out.append(Candidate(key, label, path))
     return out
 
 
@@ -208,8 +239,10 @@ def balanced_order(candidates: Iterator[Candidate], *, seed: int) -> dict[str, l
     return {label: sample_order(items, label=label, seed=seed) for label, items in sorted(by_class.items())}
 
 
-BATCH = 2000
-"""Images per transaction in an import."""
+BATCH = 20000
+"""Images per transaction in an import (a killed import loses at most this many, about a second's work).
+At a million images, 20,000 wrote 8.4 GB against 2,000's 14.4 GB: a batch's new content hashes land all
+over their index, and each batch writes every index page it touched again."""
 CHUNK = 250
 """Files per task handed to a decoder process."""
 MAX_QUEUED = 8 * CHUNK
@@ -239,10 +272,13 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     total = sum(sizes) if n_per_class is None else sum(min(n_per_class, n) for n in sizes)
     if workers is None:
         workers = default_workers() if total >= PARALLEL_FROM else 0
-    writer = _Writer(engine, source=source, batch_size=batch_size, total=total, on_progress=on_progress)
-    # enough chunks queued that the decoders keep working while a batch is written (bounded: flat memory)
+    # enough chunks queued that the decoders keep working while a batch is handed over (bounded: flat memory)
     in_flight = 2 * max(workers, 1) + 2 + min(batch_size, MAX_QUEUED) // CHUNK
-    with _heap_frozen(), make_executor(workers) as executor, bulk_writes(engine), ThreadPoolExecutor(1) as lister:
+    with _heap_frozen(), make_executor(workers) as executor, bulk_writes(engine) as conn, \
+            ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, \
+            ThreadPoolExecutor(1, thread_name_prefix="import-write") as write_thread:
+        writer = _Writer(conn, write_thread, source=source, batch_size=batch_size, total=total,
+                         on_progress=on_progress)
         if workers > 0:  # the decoders are forked at the first task: before the listing thread starts
             executor.submit(os.getpid).result()
         upcoming = lister.submit(classes[0].listing) if classes else None
@@ -254,7 +290,7 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
                 items = sample_order(items, label=label, seed=seed)
             _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
                           in_flight=in_flight)
-        writer.flush()
+        writer.close()
     if writer.summary.added:  # PostgreSQL: one row per key again, so the first page after a big import reads few
         with session_scope(engine) as session:
             fold(session)
@@ -274,13 +310,17 @@ def _heap_frozen() -> Iterator[None]:
 
 
 class _Writer:
-    """Collects prepared images and writes them `batch_size` at a time, counting what happened."""
+    """Collects prepared images and writes them `batch_size` at a time, one transaction each, on its own
+    thread through the import's one connection (`conn`): SQLite works without the GIL, so the next batch
+    is gathered while one is written (and while a checkpoint waits for the disk). At most one batch is
+    being written and one gathered: memory stays flat."""
 
-    def __init__(self, engine: Engine, *, source: ImportSource, batch_size: int, total: int,
-                 on_progress: Callable[[int, int], None] | None):
-        self.engine, self.source, self.batch_size = engine, source, batch_size
+    def __init__(self, conn: Connection, thread: ThreadPoolExecutor, *, source: ImportSource, batch_size: int,
+                 total: int, on_progress: Callable[[int, int], None] | None):
+        self.conn, self.thread, self.source, self.batch_size = conn, thread, source, batch_size
         self.total, self.on_progress = total, on_progress
         self.summary, self.pending, self.taken = ImportSummary(), [], 0
+        self.writing: tuple[Future, list[NewImage]] | None = None
 
     def existing(self) -> None:
         self.summary.existing += 1
@@ -297,14 +337,40 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the gathered images to the writer thread (after the batch before them is written)."""
         if self.pending:
-            with session_scope(self.engine) as session:
-                created = add_images(session, source_kind=self.source.kind, images=self.pending)
-            for image, new in zip(self.pending, created, strict=True):
-                self.summary.added += new
-                self.summary.existing += not new
-                self.summary.per_class[image.label] = self.summary.per_class.get(image.label, 0) + new
-            self.pending = []
+            batch, self.pending = self.pending, []
+            self.settle()
+            self.writing = (self.thread.submit(self._write, batch), batch)
+        self._progress()
+
+    def settle(self) -> None:
+        """Wait for the batch being written (its error, if any, is raised here) and count it."""
+        if self.writing is None:
+            return
+        future, batch = self.writing
+        self.writing = None
+        for image, new in zip(batch, future.result(), strict=True):
+            self.summary.added += new
+            self.summary.existing += not new
+            self.summary.per_class[image.label] = self.summary.per_class.get(image.label, 0) + new
+
+    def close(self) -> None:
+        self.flush()
+        self.settle()
+        self._progress()
+
+    def _write(self, batch: list[NewImage]) -> list[bool]:
+        with Session(bind=self.conn, expire_on_commit=False) as session:
+            try:
+                created = add_images(session, source_kind=self.source.kind, images=batch)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        return created
+
+    def _progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(min(self.taken, self.total), self.total)
 

@@ -130,7 +130,13 @@ def run_card(url: str, card: str, *, decisions: int, store_url: str, first_event
         for action in plan(decisions, card):
             before = page.evaluate(f"({SHOWN[card]})()")
             stalls += before["queued"] < 2  # nothing preloaded behind this item: the next comes from the server
-            press(page, card, action, before["caption"])
+            try:
+                press(page, card, action, before["caption"])
+            except Exception:  # say where, with a screenshot, and stop: a bench must not guess on
+                shot = Path(tempfile.gettempdir()) / f"review_browser_{card}_failed.png"
+                page.screenshot(path=str(shot))
+                print(f"decision {len(done) + 1} ({action}) on {before} failed; screenshot: {shot}", file=sys.stderr)
+                raise
             ms = wait_next(page, card, before, timeout_ms=10_000)
             if card == "browser":  # one card on the page (a remount once left a frozen copy above it)
                 cards = max(cards, page.evaluate("document.querySelectorAll('[data-testid=\"reviewCard\"]').length"))

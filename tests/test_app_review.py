@@ -99,6 +99,27 @@ def test_edit_shows_a_word_diff_before_saving(store, monkeypatch):
     assert (event.action, event.before_caption, event.after_caption) == (ReviewAction.edit_approve, None, edited)
 
 
+def test_a_diff_seen_on_one_item_does_not_save_the_same_text_on_the_next(store, monkeypatch):
+    """Typing the same edit on the next item and pressing Ctrl+Enter once shows that item's diff first:
+    the diff checked on the item before does not count (teacher drafts repeat, so edits do too)."""
+    data, _, engine = store
+    at = _open(data, monkeypatch)
+    first, _ = _shown(at)
+    edited = "An animal near a window in the afternoon sun."
+    _caption_box(at).input(edited).run()
+    at.button(key="btn-edit_approve").click().run()
+    assert _row(engine, first).final_caption == edited
+    second, _ = _shown(at)
+    assert second != first
+    _caption_box(at).set_value(edited)
+    at.button(key="btn-edit_approve").click().run()  # text and Ctrl+Enter in one rerun, as in a browser
+    assert _row(engine, second).state == ReviewState.pending
+    assert any("Check the word diff" in w.value for w in at.warning)
+    assert "+ afternoon" in at.code[0].value or "afternoon" in at.code[0].value
+    at.button(key="btn-edit_approve").click().run()
+    assert (_row(engine, second).state, _row(engine, second).final_caption) == (ReviewState.approved, edited)
+
+
 def test_approve_refuses_to_drop_an_unsaved_edit(store, monkeypatch):
     data, _, engine = store
     at = _open(data, monkeypatch)

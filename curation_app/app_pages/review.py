@@ -62,7 +62,7 @@ def _decide(action: ReviewAction, spec: studio.QueueSpec) -> None:
         if caption == base:
             st.session_state["flash"] = "The caption is unchanged: press A to approve it as it is."
             return
-        if caption != st.session_state.get("previewed"):
+        if (image_id, version, caption) != st.session_state.get("previewed"):  # this item's diff, not an earlier one
             st.session_state["flash"] = "Check the word diff below, then press Ctrl+Enter again to save."
             return
         kwargs["caption"] = caption
@@ -123,7 +123,7 @@ def classic_card() -> None:
         if caption != item.draft_text:
             st.markdown("**Changes against the teacher's draft** (− removed, + added)")
             diff_view(item.draft_text, caption)
-            st.session_state["previewed"] = caption
+            st.session_state["previewed"] = (item.image_id, item.version, caption)
         with st.expander("Draft provenance"):
             st.text("Teacher draft:")
             st.code(item.draft_text, language=None, wrap_lines=True)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from db.engine import init_store, session_scope
 from db.models import Draft, Image, ReviewState
 from db.tally import counts_by_class
-from pipeline.data.sources import ImportSource, SourceError, Split, import_images
+from pipeline.data.sources import BATCH, ImportSource, SourceError, Split, import_images
 from pipeline.settings import Settings
 
 
@@ -75,7 +75,8 @@ def import_(
     download: bool = typer.Option(False, help="cifar10 source: download CIFAR-10 when missing (needs network)."),
     workers: int | None = typer.Option(
         None, min=0, help="Decoder processes (default: one per core for 2,000+ images; 0: this process)."),
-    batch_size: int = typer.Option(2000, min=1, help="Images written per transaction."),
+    batch_size: int = typer.Option(
+        BATCH, min=1, help="Images written per transaction (a killed import loses at most one batch)."),
 ) -> None:
     """Import images (a balanced, seeded sample, or --all); re-running adds nothing and a killed
     import resumes where it stopped; unreadable files are counted."""

@@ -25,10 +25,15 @@ def _ensure_sqlite_folder(url: str) -> None:
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             if not Path(path).exists() or Path(path).stat().st_size == 0:
-                conn = sqlite3.connect(path)
+                try:
+                    conn = sqlite3.connect(path)
+                except sqlite3.Error:  # e.g. a read-only folder: the engine's own connect says so, as before
+                    return
                 try:  # the page size is fixed by the first write; WAL mode keeps it from then on
                     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
                     conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.Error:
+                    pass
                 finally:
                     conn.close()
 

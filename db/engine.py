@@ -20,22 +20,23 @@ def _sqlite_file(url: str) -> Path | None:
 
 def _ensure_sqlite_folder(url: str) -> None:
     """The folder of a SQLite store; a store that does not exist yet is created with PAGE_SIZE pages."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1].split("?", 1)[0]
-        if path and path != ":memory:" and not path.startswith("file:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            if not Path(path).exists() or Path(path).stat().st_size == 0:
-                try:
-                    conn = sqlite3.connect(path)
-                except sqlite3.Error:  # e.g. a read-only folder: the engine's own connect says so, as before
-                    return
-                try:  # the page size is fixed by the first write; WAL mode keeps it from then on
-                    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-                    conn.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.Error:
-                    pass
-                finally:
-                    conn.close()
+    path = _sqlite_file(url.split("?", 1)[0])
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > 0:
+        return
+    try:
+        conn = sqlite3.connect(path)
+    except sqlite3.Error:  # e.g. a read-only folder: the engine's own connect says so, as before
+        return
+    try:  # the page size is fixed by the first write; WAL mode keeps it from then on
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # likewise left to the engine's own connect
+    finally:
+        conn.close()
 
 
 PAGE_SIZE = 8192

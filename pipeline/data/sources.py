@@ -98,35 +98,23 @@ def _refuse(message: str) -> Callable[[], PILImage.Image]:
     return load
 
 
-def _image_files(folder: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], os.DirEntry]]:
-    """Image files under `folder` (os.scandir; symlinked sub-folders are not entered, as rglob)."""
+def _image_files(folder: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, bool]]:
+    """(path parts under `folder`, path, is a symlink) of the image files under `folder` (os.scandir;
+    symlinked sub-folders are not entered, as rglob). Nothing but strings is kept: a million-file import
+    lists ~4x faster than with the DirEntry objects kept for sorting."""
     with os.scandir(folder) as entries:
         for e in entries:
+            name = e.name
             if e.is_dir() and not e.is_symlink():
-                yield from _image_files(e.path, (*parts, e.name))
-            elif _suffix(e.name) in IMAGE_SUFFIXES and e.is_file():
-                yield (*parts, e.name), e
+                yield from _image_files(e.path, (*parts, name))
+            elif _suffix(name) in IMAGE_SUFFIXES and e.is_file():
+                yield (*parts, name), e.path, e.is_symlink()
 
 
 def _suffix(name: str) -> str:
     """os.path.splitext(name)[1].lower() for a file name, in a third of the time."""
     dot = name.rfind(".")
     return name[dot:].lower() if dot > 0 and name[:dot].strip(".") else ""
-
-
-def _image_entries(folder: str, parts: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, bool]]:
-    """(path parts under `folder`, path, is a symlink) of the image files under `folder`, as
-    _image_files finds them, in one list (a million-file import lists ~4x faster than through DirEntry
-    objects kept for sorting)."""
-    out = []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            name = e.name
-            if e.is_dir() and not e.is_symlink():
-                out.extend(_image_entries(e.path, (*parts, name)))
-            elif _suffix(name) in IMAGE_SUFFIXES and e.is_file():
-                out.append(((*parts, name), e.path, e.is_symlink()))
-    return out
 
 
 def _first_name(found: tuple[tuple[str, ...], str, bool]) -> str:
@@ -141,7 +129,7 @@ def class_candidates(root: Path, class_dir: Path, *, prefix: str) -> list[Candid
     label = class_dir.name
     base = f"{prefix}{label}/"
     out = []
-    found = _image_entries(str(class_dir))
+    found = list(_image_files(str(class_dir)))
     # path order; a flat folder's names sort as plain strings (faster than as one-element tuples)
     found.sort(key=itemgetter(0) if any(len(f[0]) > 1 for f in found) else _first_name)
     for parts, path, link in found:

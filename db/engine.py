@@ -122,17 +122,25 @@ of 1000 pages every batch checkpointed (two fsyncs each), and the index pages a 
 again for every batch; 64 MiB measured 11% slower at a million than 256 MiB, 1 GiB no faster than 512."""
 
 
+BULK_MMAP_BYTES = 1024 * 1024 * 1024
+"""The first bytes of the database file a bulk import's connection reads through a memory map. Several
+processes write an import's batches in turn, and each finds its page cache stale after another's commit:
+read through the map, the pages it needs again cost no system call or copy (a million images: 17,400 →
+21,200 a second on two cores, the processes' resident memory 511 MiB)."""
+
+
 @contextmanager
 def bulk_writes(engine: Engine) -> Iterator[Connection]:
-    """The one connection a bulk import writes through, held for the whole import. On SQLite it gets a
-    large page cache and checkpoints the WAL less often, and both are given back to SQLite's defaults
-    before the connection returns to the pool (a pooled connection of the app must keep neither)."""
+    """A connection a bulk import writes through, held for the whole import. On SQLite it gets a large
+    page cache, a memory map of the file and a WAL checkpointed less often, all given back to SQLite's
+    defaults before the connection returns to the pool (a pooled connection of the app keeps none)."""
     with engine.connect() as conn:
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:
             page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
             conn.exec_driver_sql(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_BYTES // page}")
+            conn.exec_driver_sql(f"PRAGMA mmap_size = {BULK_MMAP_BYTES}")
         conn.commit()  # the import's sessions begin (and commit) their own transactions on it
         try:
             yield conn
@@ -142,6 +150,7 @@ def bulk_writes(engine: Engine) -> Iterator[Connection]:
             if sqlite:
                 conn.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's defaults
                 conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 1000")
+                conn.exec_driver_sql("PRAGMA mmap_size = 0")
                 conn.commit()
 
 

@@ -25,6 +25,7 @@ from db.catalog import NewImage, add_image, add_images, stored_source_keys_under
 from db.engine import (
     BULK_CACHE_KIB,
     BULK_CHECKPOINT_BYTES,
+    BULK_MMAP_BYTES,
     PAGE_SIZE,
     alembic_config,
     bulk_writes,
@@ -293,18 +294,20 @@ def test_add_images_stores_what_add_image_stores(store, backend, request, tmp_pa
 
 
 def test_bulk_writes_checkpoint_less_often_and_give_the_defaults_back(store):
-    def pragmas() -> tuple[int, int]:
+    def pragmas() -> tuple[int, int, int]:
         with store.connect() as conn:
             return (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one(),
-                    conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
+                    conn.exec_driver_sql("PRAGMA cache_size").scalar_one(),
+                    conn.exec_driver_sql("PRAGMA mmap_size").scalar_one())
 
     with bulk_writes(store) as conn:
         page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
         assert (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one(),
-                conn.exec_driver_sql("PRAGMA cache_size").scalar_one()) == (BULK_CHECKPOINT_BYTES // page,
-                                                                            -BULK_CACHE_KIB)
+                conn.exec_driver_sql("PRAGMA cache_size").scalar_one(),
+                conn.exec_driver_sql("PRAGMA mmap_size").scalar_one()) == (BULK_CHECKPOINT_BYTES // page,
+                                                                           -BULK_CACHE_KIB, BULK_MMAP_BYTES)
         conn.commit()
-    assert pragmas() == (1000, -2000)  # SQLite's defaults: the app's pooled connection keeps none of it
+    assert pragmas() == (1000, -2000, 0)  # SQLite's defaults: the app's pooled connection keeps none of it
 
 
 def test_a_file_larger_than_the_first_read_is_read_whole(tmp_path):
@@ -413,12 +416,12 @@ def test_a_chunk_comes_back_from_a_worker_as_the_files_it_read(tmp_path):
 
 
 def test_an_error_while_writing_a_batch_stops_the_import_and_keeps_the_batches_before(tmp_path, monkeypatch):
-    """Batches are written on the writer thread; a failure there is raised by the import (not lost in
-    the thread), and the batches written before it stay in the store."""
-    import pipeline.data.sources as sources
+    """A failure while a batch is written is raised by the import (not lost in a worker), and the batches
+    written before it stay in the store."""
+    import pipeline.data.ingest as ingest
 
     engine = init_store(f"sqlite:///{tmp_path / 'store.db'}")
-    real, calls = sources.add_images, []
+    real, calls = ingest.add_images, []
 
     def failing_third(session, **kw):
         calls.append(len(kw["images"]))
@@ -426,8 +429,51 @@ def test_an_error_while_writing_a_batch_stops_the_import_and_keeps_the_batches_b
             raise RuntimeError("disk full")
         return real(session, **kw)
 
-    monkeypatch.setattr(sources, "add_images", failing_third)
+    monkeypatch.setattr(ingest, "add_images", failing_third)
     with pytest.raises(RuntimeError, match="disk full"):
         import_images(engine, source=ImportSource.bundled, n_per_class=None, workers=0, batch_size=7)
     with session_scope(engine) as s:
         assert len(s.exec(select(Image)).all()) == 14 == len(s.exec(select(Review)).all())
+
+
+def test_parallel_writers_stop_at_a_failed_batch_and_keep_the_ones_before(tmp_path):
+    """Two writer processes: the store refuses one file of the third batch (a trigger, so that the
+    failure happens inside the worker process). The import raises the store's message; the two batches
+    before it are stored whole, the failed one not at all, and after it at most the batch that had
+    already queued on the write lock; no batch further on."""
+    import sqlite3 as sqlite
+
+    root = tmp_path / "src"
+    write_pngs(root, 3000)  # cat: 00000, 00002, ...; batches of 300 per class: cat's third holds 01200.png
+    engine = init_store(f"sqlite:///{tmp_path / 'store.db'}")
+    with sqlite.connect(tmp_path / "store.db") as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON image WHEN NEW.source_key LIKE '%/cat/01200.png' "
+                     "BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END")
+    with pytest.raises(Exception, match="disk full"):
+        import_images(engine, source=ImportSource.folder, path=root, n_per_class=None, workers=2, batch_size=300)
+    with session_scope(engine) as s:
+        keys = sorted(s.exec(select(Image.source_key).order_by(Image.id)).all())
+        reviews = len(s.exec(select(Review)).all())
+    names = [k.rsplit("/", 2)[1] + "/" + k.rsplit("/", 1)[1] for k in keys]
+    first_two = [f"cat/{i:05d}.png" for i in range(0, 1200, 2)]
+    assert names[:600] == first_two and reviews == len(keys)
+    assert names[600:] in ([], [f"cat/{i:05d}.png" for i in range(1800, 2400, 2)])  # the fourth batch, whole
+    engine.dispose()
+
+
+def test_parallel_writers_store_in_path_order(tmp_path):
+    """Two writer processes decode batches side by side, but the batches commit in the order a single
+    process writes them: the same ids, keys and hashes as an import in this process."""
+    root = tmp_path / "src"
+    write_pngs(root, 1200)
+    rows = []
+    for workers in (0, 2):
+        engine = init_store(f"sqlite:///{tmp_path / f'store{workers}.db'}")
+        summary = import_images(engine, source=ImportSource.folder, path=root, n_per_class=None, workers=workers,
+                                batch_size=50)
+        assert (summary.added, summary.existing, summary.corrupt) == (1200, 0, 0)
+        with session_scope(engine) as s:
+            rows.append(s.exec(select(Image.id, Image.source_key, Image.content_hash).order_by(Image.id)).all())
+        engine.dispose()
+    assert rows[0] == rows[1]
+    assert [k for _, k, _ in rows[1]] == sorted(k for _, k, _ in rows[1])  # cat/00000 ... dog/01199

@@ -14,7 +14,6 @@ from pipeline.cli.snapshots import registered_hash
 from pipeline.generation import GenerationConfig
 from pipeline.jobs import JobReporter
 from pipeline.settings import Settings
-from pipeline.student.compare import read_results, run_compare, snapshot_folder
 
 
 def compare(
@@ -26,6 +25,9 @@ def compare(
     job_id: int | None = typer.Option(None, help="Job row to report progress into (set by the app)."),
 ) -> None:
     """Caption a snapshot split with a student and score it against the approved captions."""
+    # here, not at the top: pandas and torch would add ~0.7 s to every command's start (an import's too)
+    from pipeline.student.compare import read_results, run_compare, snapshot_folder
+
     settings = Settings()
     init_store(settings.resolved_database_url).dispose()
     with JobReporter(settings, job_id) as job:

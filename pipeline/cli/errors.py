@@ -4,6 +4,7 @@ or path and what to do, exit code 2 (never a traceback). Anything else still rai
 from __future__ import annotations
 
 import errno
+import sys
 
 import click
 import typer
@@ -52,10 +53,12 @@ def _store_url() -> str:
 
 def explain(exc: BaseException) -> str | None:
     """One line for a failure the user can fix, or None (then the exception is a bug: raise it)."""
-    from pipeline.data.snapshot import SnapshotIntegrityError, SnapshotMissingError
-    from pipeline.student.checkpoint import UnsafeCheckpointError
-
-    if isinstance(exc, SnapshotIntegrityError | SnapshotMissingError | UnsafeCheckpointError):
+    known = []  # the modules are not imported here: one whose module never loaded cannot have been raised
+    if (snapshot := sys.modules.get("pipeline.data.snapshot")) is not None:  # (and torch takes ~1.5 s)
+        known += [snapshot.SnapshotIntegrityError, snapshot.SnapshotMissingError]
+    if (checkpoint := sys.modules.get("pipeline.student.checkpoint")) is not None:
+        known.append(checkpoint.UnsafeCheckpointError)
+    if isinstance(exc, tuple(known)):
         return str(exc)
     if type(exc).__name__ == "ValidationError":
         return _settings_error(exc)

@@ -74,9 +74,9 @@ def import_(
         None, help="cifar10 source: folder holding cifar-10-batches-py (default: <data_dir>/cifar10)."),
     download: bool = typer.Option(False, help="cifar10 source: download CIFAR-10 when missing (needs network)."),
     workers: int | None = typer.Option(
-        None, min=0, help="Decoder processes (default: one per core for 2,000+ images; 0: this process)."),
+        None, min=0, help="Processes that decode and write batches (default: one per core from 2,000 images)."),
     batch_size: int = typer.Option(
-        BATCH, min=1, help="Images written per transaction (a killed import loses at most one batch)."),
+        BATCH, min=1, help="Images written per transaction (a killed import loses at most one batch per process)."),
 ) -> None:
     """Import images (a balanced, seeded sample, or --all); re-running adds nothing and a killed
     import resumes where it stopped; unreadable files are counted."""
@@ -84,7 +84,7 @@ def import_(
     if source == ImportSource.cifar10:
         path = cifar_root or Path(settings.data_dir) / "cifar10"
     engine = open_store(settings)
-    tqdm.monitor_interval = 0  # no monitor thread: a single-threaded process forks its decoders directly
+    tqdm.monitor_interval = 0  # no monitor thread: a single-threaded process forks its writers directly
     try:
         with tqdm(total=None, desc="importing", unit="img", smoothing=0.1) as bar:
             def tick(done: int, total: int) -> None:

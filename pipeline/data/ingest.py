@@ -1,11 +1,14 @@
-"""Turning image files into store rows fast: read, decode, hash and PNG-encode in a pool of worker
-processes, a bounded number of chunks in flight (memory stays flat), results back in order.
+"""Turning image files into store rows fast: each worker process reads, decodes and hashes a batch of
+files and writes it to the store itself, through its own bulk connection; a bounded number of batches
+are in flight (memory stays flat) and they commit in the order they were made (`Turns`), so the ids are
+those a one-by-one import gives.
 
 A plain 8-bit RGB PNG takes `images.plain_png` (its own IDAT bytes are stored, no re-encoding);
 anything else goes through the upload decoder (`decode_file`, `to_rgb`, `to_png`, `pixel_hash`).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -20,7 +23,12 @@ from typing import NamedTuple, TypeVar
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
 
+from db.catalog import NewImage, add_images
+from db.engine import bulk_writes, make_engine
+from db.models import SourceKind
 from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
 
 UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError)
@@ -120,8 +128,12 @@ def prepare_files(paths: list[str]) -> PreparedChunk:
     return PreparedChunk(b"".join(pngs), ends, widths, heights, "".join(hashes))
 
 
+CHUNK = 250
+"""Files decoded at a time (one PreparedChunk)."""
+
+
 def default_workers() -> int:
-    """Decoder processes: one per core (the importing process writes to the store meanwhile)."""
+    """Writer processes: one per core (each decodes its batch while another writes)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -137,22 +149,25 @@ class InlineExecutor(Executor):
         return future
 
 
-def make_executor(workers: int) -> Executor:
-    """`workers` decoder processes (0: InlineExecutor). Forked from this process when it runs a single
-    thread (the CLI); otherwise (the app's threaded server) started by a fork server that preloads
-    this module, since forking a process with other threads can deadlock the child."""
+def make_executor(workers: int, *, url: str) -> tuple[Executor, Turns | None]:
+    """`workers` writer processes for the store at `url` and the turns their batches commit by
+    (0: InlineExecutor, no turns). Forked from this process when it runs a single thread (the CLI);
+    otherwise (the app's threaded server) started by a fork server that preloads this module, since
+    forking a process with other threads can deadlock the child."""
     if workers <= 0:
-        return InlineExecutor()
+        return InlineExecutor(), None
     methods = multiprocessing.get_all_start_methods()
     if threading.active_count() == 1 and "fork" in methods:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=die_with_parent, initargs=(os.getpid(),))
-    if "forkserver" not in methods:
-        return ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
-    context = multiprocessing.get_context("forkserver")  # the parent: the fork server, which ends with us
-    context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
-                               initargs=(None,))
+        context, parent = multiprocessing.get_context("fork"), os.getpid()
+    elif "forkserver" in methods:
+        context, parent = multiprocessing.get_context("forkserver"), None  # the parent: the fork server
+        context.set_forkserver_preload([__name__])
+    else:
+        context, parent = multiprocessing.get_context(), os.getpid()
+    turns = Turns(context)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_writer,
+                                   initargs=(parent, url, turns))
+    return executor, turns
 
 
 def die_with_parent(parent: int | None) -> None:
@@ -188,3 +203,121 @@ def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload
             return
         item, future = pending.popleft()
         yield item, future.result()
+
+
+class BatchCancelled(RuntimeError):
+    """A batch not written because one before it failed (or the import was stopped)."""
+
+
+class Turns:
+    """The order batches commit in, shared by the writer processes: batch `seq` commits after batch
+    `seq - 1` has, whichever process finished decoding first; -1 once a batch has failed (the ones
+    after it are not written, as when one process wrote them all)."""
+
+    def __init__(self, context):
+        self.next = context.RawValue("q", 0)
+        self.cond = context.Condition()
+
+    def wait(self, seq: int) -> None:
+        with self.cond:
+            while self.next.value != seq:
+                if self.next.value < 0:
+                    raise BatchCancelled(f"batch {seq} not written: an earlier batch failed or the import stopped")
+                self.cond.wait(0.5)
+
+    def done(self, seq: int) -> None:
+        with self.cond:
+            self.next.value = seq + 1
+            self.cond.notify_all()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.next.value = -1
+            self.cond.notify_all()
+
+
+ADDED, ALREADY_STORED, UNREADABLE_FILE = 1, 2, 3
+"""What `write_batch` says of each image: added, its picture already stored, the file unreadable."""
+
+
+class Batch(NamedTuple):
+    """One transaction's worth of images of one class: files to read (`paths`), or images prepared in
+    the importing process (`preloaded`, in order, for the None paths: CIFAR-10's arrays, refusals)."""
+
+    seq: int
+    source_kind: SourceKind
+    label: str
+    keys: list[str]
+    paths: list[str | None]
+    preloaded: list[Prepared]
+
+
+_WRITER: dict = {}
+"""In a writer process: the store's URL, the shared Turns and, once opened, the bulk connection."""
+
+
+def _start_writer(parent: int | None, url: str, turns: Turns) -> None:
+    die_with_parent(parent)
+    _WRITER.update(url=url, turns=turns)
+
+
+def write_batch(batch: Batch) -> bytes:
+    """What a writer process runs: `write_batch_to` through its own bulk connection, held while it lives
+    (its SQLite pragmas die with it)."""
+    if "conn" not in _WRITER:
+        stack = contextlib.ExitStack()
+        _WRITER.update(conn=stack.enter_context(bulk_writes(make_engine(_WRITER["url"]))), stack=stack)
+    return write_batch_to(_WRITER["conn"], _WRITER["turns"], batch)
+
+
+def write_batch_to(conn: Connection, turns: Turns | None, batch: Batch) -> bytes:
+    """Read and decode the batch's files, then (its turn come) add them in one transaction; per image
+    ADDED, ALREADY_STORED (the same picture is stored or came earlier) or UNREADABLE_FILE.
+
+    On SQLite the turn is handed on as soon as this transaction holds the store's write lock (BEGIN
+    IMMEDIATE): the next batch then queues on that lock and is written the moment this one commits,
+    while this process copies the WAL into the database if the commit called for it (a checkpoint
+    blocks no writer). Elsewhere the turn passes after the commit."""
+    passed = False
+    try:
+        codes = bytearray(len(batch.keys))
+        rows, at = [], []
+        paths = [p for p in batch.paths if p is not None]
+        decoded = iter([p for start in range(0, len(paths), CHUNK) for p in prepare_files(paths[start:start + CHUNK])])
+        preloaded = iter(batch.preloaded)
+        for i, (key, path) in enumerate(zip(batch.keys, batch.paths, strict=True)):
+            image = next(decoded) if path is not None else next(preloaded)
+            if image.png is None:
+                codes[i] = UNREADABLE_FILE
+                continue
+            rows.append(NewImage(key, batch.label, image.png, image.content_hash, image.width, image.height))
+            at.append(i)
+        if turns is not None:
+            turns.wait(batch.seq)
+        with Session(bind=conn, expire_on_commit=False) as session:
+            try:
+                session.connection()  # begins the transaction (SQLite: takes the write lock)
+                if turns is not None and conn.dialect.name == "sqlite":
+                    turns.done(batch.seq)
+                    passed = True
+                created = add_images(session, source_kind=batch.source_kind, images=rows) if rows else []
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    except Exception as exc:
+        if turns is not None and not isinstance(exc, BatchCancelled):
+            if not passed:  # the batches before this one are still written (after it, at most the next)
+                with contextlib.suppress(BatchCancelled):
+                    turns.wait(batch.seq)
+            turns.cancel()
+        raise
+    except BaseException:  # stopped (Ctrl-C): nothing more is written
+        if turns is not None:
+            turns.cancel()
+        raise
+    if turns is not None and not passed:
+        turns.done(batch.seq)
+    for i, new in zip(at, created, strict=True):
+        codes[i] = ADDED if new else ALREADY_STORED
+    return bytes(codes)

@@ -2,40 +2,45 @@
 
 `import_images(engine, source=ImportSource.bundled, n_per_class=10)` adds a balanced, seeded
 sample (`n_per_class=None`: every image); re-running it adds nothing, and unreadable files are
-counted instead of crashing. Files are decoded in worker processes (pipeline/data/ingest.py) and
-written in batches.
+counted instead of crashing. Files are read, decoded and written in batches by worker processes
+(pipeline/data/ingest.py).
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import gc
 import os
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image as PILImage
-from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
 
-from db.catalog import NewImage, add_images, stored_source_keys, stored_source_keys_under
+from db.catalog import stored_source_keys, stored_source_keys_under
 from db.engine import bulk_writes, session_scope
 from db.models import SourceKind
 from db.tally import fold
 from pipeline.data.images import IMAGE_SUFFIXES, UploadError
 from pipeline.data.ingest import (
+    ADDED,
     UNREADABLE,
+    UNREADABLE_FILE,
+    Batch,
     Prepared,
     default_workers,
     make_executor,
     ordered_map,
-    prepare_files,
     prepare_image,
+    write_batch,
+    write_batch_to,
 )
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "cifar10"
@@ -228,15 +233,17 @@ def balanced_order(candidates: Iterator[Candidate], *, seed: int) -> dict[str, l
 
 
 BATCH = 20000
-"""Images per transaction in an import (a killed import loses at most this many, about a second's work).
-At a million images, 20,000 wrote 8.4 GB against 2,000's 14.4 GB: a batch's new content hashes land all
-over their index, and each batch writes every index page it touched again."""
-CHUNK = 250
-"""Files per task handed to a decoder process."""
-MAX_QUEUED = 8 * CHUNK
-"""At most this many more files decoded ahead while a batch is written."""
+"""Images per transaction in an import (a killed import loses at most this many per writer process,
+about a second's work). At a million images, 20,000 wrote 8.4 GB against 2,000's 14.4 GB: a batch's new
+content hashes land all over their index, and each batch writes every index page it touched again."""
 PARALLEL_FROM = 2000
-"""Imports of fewer images decode in this process (starting worker processes costs more)."""
+"""Imports of fewer images are written by this process (starting writer processes costs more)."""
+IN_FLIGHT = 3
+"""Batches out per writer process (decoding, waiting for the turn, or queued): fewer left a writer idle
+between two batches (a million: 16,800 images/s with one more than the writers, 19,400-21,600 with
+three per writer); each is only paths, so memory stays flat."""
+MIN_BATCH = 250
+"""The smallest batch a parallel import splits its images into (so that every writer process has work)."""
 
 
 def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | None, seed: int = 0,
@@ -247,10 +254,11 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     when `n_per_class` is None; corrupt files are skipped (and counted).
 
     A corrupt file is replaced by the next candidate of its class, so the sample stays balanced.
-    Files are decoded by `workers` processes (default: one per core; 0: in this process, as for
-    small imports) and written `batch_size` at a time, one transaction each: a killed import keeps
-    its finished batches, and a re-run skips the files whose path is already stored without
-    reading them. `on_progress(done, total)` counts images taken (added or already present).
+    Batches of at most `batch_size` images are read, decoded and written, one transaction each, by
+    `workers` processes (default: one per core; 0: this process, as for small imports), in the order
+    a single process would write them: a killed import keeps its finished batches, and a re-run skips
+    the files whose path is already stored without reading them. `on_progress(done, total)` counts
+    images taken (added or already present).
     """
     if n_per_class is not None and n_per_class < 1:
         raise SourceError("n_per_class must be >= 1 (or None: every image)")
@@ -260,29 +268,51 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     total = sum(sizes) if n_per_class is None else sum(min(n_per_class, n) for n in sizes)
     if workers is None:
         workers = default_workers() if total >= PARALLEL_FROM else 0
-    # enough chunks queued that the decoders keep working while a batch is handed over (bounded: flat memory)
-    in_flight = 2 * max(workers, 1) + 2 + min(batch_size, MAX_QUEUED) // CHUNK
-    with _heap_frozen(), make_executor(workers) as executor, bulk_writes(engine) as conn, \
-            ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, \
-            ThreadPoolExecutor(1, thread_name_prefix="import-write") as write_thread:
-        writer = _Writer(conn, write_thread, source=source, batch_size=batch_size, total=total,
-                         on_progress=on_progress)
-        if workers > 0:  # the decoders are forked at the first task: before the listing thread starts
+    if workers and engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        workers = 0  # an in-memory store: other processes cannot open it
+    if workers:  # enough batches that every writer has work, each at most batch_size
+        batch_size = min(batch_size, max(MIN_BATCH, -(-total // (2 * workers))))
+    run = _Run(engine, source=source, total=total, on_progress=on_progress, batch_size=batch_size)
+    url = engine.url.render_as_string(hide_password=False)
+    with _heap_frozen(), ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, \
+            contextlib.ExitStack() as stack:
+        executor, turns = make_executor(workers, url=url)
+        stack.enter_context(executor)
+        if turns is None:  # written here, in order, through one bulk connection
+            write = partial(write_batch_to, stack.enter_context(bulk_writes(engine)), None)
+        else:  # the writers are forked at the first task: before the listing thread starts
             executor.submit(os.getpid).result()
-        upcoming = lister.submit(classes[0].listing) if classes else None
-        for i, (label, _listing, _count) in enumerate(classes):
-            items = upcoming.result()
-            if i + 1 < len(classes):  # the next class is listed while this one is imported
-                upcoming = lister.submit(classes[i + 1].listing)
-            if n_per_class is not None:
-                items = sample_order(items, label=label, seed=seed)
-            _import_class(engine, executor, writer, label=label, items=items, quota=n_per_class,
-                          in_flight=in_flight)
-        writer.close()
-    if writer.summary.added:  # PostgreSQL: one row per key again, so the first page after a big import reads few
+            write = write_batch
+        listings = _listings(classes, lister)
+        in_flight = IN_FLIGHT * workers or 1  # written here: one at a time (a task runs when it is submitted)
+        try:
+            if n_per_class is None:  # one stream of batches across the classes: no writer waits at a class's end
+                batches = (batch for label, items in listings for batch in run.batches(label, items))
+                run.write_all(executor, write, batches, in_flight=in_flight)
+            else:
+                for label, items in listings:
+                    run.write_sample(executor, write, label, sample_order(items, label=label, seed=seed),
+                                     quota=n_per_class, in_flight=in_flight)
+        except BaseException:
+            if turns is not None:  # the batches still waiting for their turn give up
+                turns.cancel()
+                executor.shutdown(cancel_futures=True)
+            raise
+    run.progress()
+    if run.summary.added:  # PostgreSQL: one row per key again, so the first page after a big import reads few
         with session_scope(engine) as session:
             fold(session)
-    return writer.summary
+    return run.summary
+
+
+def _listings(classes: list[SourceClass], lister: ThreadPoolExecutor) -> Iterator[tuple[str, list[Candidate]]]:
+    """(label, candidates) of each class in turn; the next class is listed while this one is imported."""
+    upcoming = lister.submit(classes[0].listing) if classes else None
+    for i, source_class in enumerate(classes):
+        items = upcoming.result()
+        if i + 1 < len(classes):
+            upcoming = lister.submit(classes[i + 1].listing)
+        yield source_class.label, items
 
 
 @contextmanager
@@ -297,116 +327,81 @@ def _heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-class _Writer:
-    """Collects prepared images and writes them `batch_size` at a time, one transaction each, on its own
-    thread through the import's one connection (`conn`): SQLite works without the GIL, so the next batch
-    is gathered while one is written (and while a checkpoint waits for the disk). At most one batch is
-    being written and one gathered: memory stays flat."""
+class _Run:
+    """One import's batches and its summary: candidates already stored (by path) are counted here,
+    the rest go out in batches of one class, and each batch's outcome comes back in order."""
 
-    def __init__(self, conn: Connection, thread: ThreadPoolExecutor, *, source: ImportSource, batch_size: int,
-                 total: int, on_progress: Callable[[int, int], None] | None):
-        self.conn, self.thread, self.source, self.batch_size = conn, thread, source, batch_size
-        self.total, self.on_progress = total, on_progress
-        self.summary, self.pending, self.taken = ImportSummary(), [], 0
-        self.writing: tuple[Future, list[NewImage]] | None = None
+    def __init__(self, engine: Engine, *, source: ImportSource, total: int, batch_size: int,
+                 on_progress: Callable[[int, int], None] | None):
+        self.engine, self.source, self.total, self.batch_size = engine, source, total, batch_size
+        self.on_progress = on_progress
+        self.summary, self.taken, self.seq = ImportSummary(), 0, 0
 
-    def existing(self) -> None:
-        self.summary.existing += 1
-        self.taken += 1
-
-    def corrupt(self, key: str) -> None:
-        self.summary.corrupt += 1
-        self.summary.corrupt_keys.append(key)
-
-    def add(self, image: NewImage) -> None:
-        self.pending.append(image)
-        self.taken += 1
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Hand the gathered images to the writer thread (after the batch before them is written)."""
-        if self.pending:
-            batch, self.pending = self.pending, []
-            self.settle()
-            self.writing = (self.thread.submit(self._write, batch), batch)
-        self._progress()
-
-    def settle(self) -> None:
-        """Wait for the batch being written (its error, if any, is raised here) and count it."""
-        if self.writing is None:
-            return
-        future, batch = self.writing
-        self.writing = None
-        for image, new in zip(batch, future.result(), strict=True):
-            self.summary.added += new
-            self.summary.existing += not new
-            self.summary.per_class[image.label] = self.summary.per_class.get(image.label, 0) + new
-
-    def close(self) -> None:
-        self.flush()
-        self.settle()
-        self._progress()
-
-    def _write(self, batch: list[NewImage]) -> list[bool]:
-        with Session(bind=self.conn, expire_on_commit=False) as session:
-            try:
-                created = add_images(session, source_kind=self.source.kind, images=batch)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-        return created
-
-    def _progress(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(min(self.taken, self.total), self.total)
-
-
-def _import_class(engine: Engine, executor, writer: _Writer, *, label: str, items: list[Candidate],
-                  quota: int | None, in_flight: int) -> None:
-    """Take one class's candidates in order until `quota` are taken (None: all of them)."""
-    writer.summary.per_class.setdefault(label, 0)
-    taken = 0
-
-    stored = None  # a large class: the keys already stored under its common prefix, in one query
-    if len(items) > 4 * CHUNK:
-        with session_scope(engine) as session:
-            stored = stored_source_keys_under(session, prefix=os.path.commonprefix([c.key for c in items]))
-
-    def chunks() -> Iterator[tuple[list[Candidate], set[str]]]:
-        for start in range(0, len(items), CHUNK):
-            if quota is not None and taken >= quota:
-                return
-            chunk = items[start:start + CHUNK]
+    def batches(self, label: str, items: list[Candidate]) -> Iterator[tuple[Batch, int]]:
+        """(batch, how many candidates before it were already stored) over `items` in order."""
+        self.summary.per_class.setdefault(label, 0)
+        stored = None  # a large class: the keys already stored under its common prefix, in one query
+        if len(items) > 4 * MIN_BATCH:
+            with session_scope(self.engine) as session:
+                stored = stored_source_keys_under(session, prefix=os.path.commonprefix([c.key for c in items]))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
             if stored is not None:
                 known = {c.key for c in chunk if c.key in stored}
             else:
-                with session_scope(engine) as session:
+                with session_scope(self.engine) as session:
                     known = stored_source_keys(session, keys=[c.key for c in chunk])
-            yield chunk, known
+            new = [c for c in chunk if c.key not in known]
+            if new:
+                yield self._batch(label, new), len(chunk) - len(new)
+            else:
+                self._count_known(len(chunk))
 
-    def to_decode(job: tuple[list[Candidate], set[str]]) -> list[str]:
-        chunk, known = job
-        return [c.path for c in chunk if c.path is not None and c.key not in known]
+    def _batch(self, label: str, items: list[Candidate]) -> Batch:
+        self.seq += 1
+        preloaded = [_load_here(c) for c in items if c.path is None]
+        return Batch(self.seq - 1, self.source.kind, label, [c.key for c in items], [c.path for c in items],
+                     preloaded)
 
-    for (chunk, known), prepared in ordered_map(executor, prepare_files, chunks(), payload=to_decode,
-                                                in_flight=in_flight):
-        results = iter(prepared)
-        for cand in chunk:
-            if quota is not None and taken >= quota:
-                break
-            if cand.key in known:
-                writer.existing()
-                taken += 1
-                continue
-            image = next(results) if cand.path is not None else _load_here(cand)
-            if image.png is None:
-                writer.corrupt(cand.key)
-                continue
-            writer.add(NewImage(source_key=cand.key, label=label, png=image.png, content_hash=image.content_hash,
-                                width=image.width, height=image.height))
-            taken += 1
+    def write_all(self, executor, write, batches: Iterator[tuple[Batch, int]], *, in_flight: int) -> int:
+        """Write `batches` (at most `in_flight` out at once); returns the images taken (added, or
+        already stored by path or by picture)."""
+        before = self.taken
+        for (batch, known), codes in ordered_map(executor, write, batches, payload=itemgetter(0),
+                                                 in_flight=in_flight):
+            self._count_known(known)
+            for key, code in zip(batch.keys, codes, strict=True):
+                if code == UNREADABLE_FILE:
+                    self.summary.corrupt += 1
+                    self.summary.corrupt_keys.append(key)
+                    continue
+                added = code == ADDED
+                self.summary.added += added
+                self.summary.existing += not added
+                self.summary.per_class[batch.label] += added
+                self.taken += 1
+            self.progress()
+        return self.taken - before
+
+    def write_sample(self, executor, write, label: str, items: list[Candidate], *, quota: int,
+                     in_flight: int) -> None:
+        """Take `items` in order until `quota` are taken: each round writes as many as are still
+        missing, and an unreadable one is replaced by the next in the following round."""
+        start, taken = 0, 0
+        self.summary.per_class.setdefault(label, 0)
+        while taken < quota and start < len(items):
+            need = quota - taken
+            taken += self.write_all(executor, write, self.batches(label, items[start:start + need]),
+                                    in_flight=in_flight)
+            start += need
+
+    def _count_known(self, n: int) -> None:
+        self.summary.existing += n
+        self.taken += n
+
+    def progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(min(self.taken, self.total), self.total)
 
 
 def _load_here(cand: Candidate) -> Prepared:

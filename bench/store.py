@@ -72,6 +72,39 @@ def make_pngs(folder: Path, *, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _read_class(folder: str) -> int:
+    total = 0
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            with open(entry.path, "rb") as f:
+                total += len(f.read())
+    return total
+
+
+def warm_page_cache(folder: Path) -> float:
+    """Read every PNG once, so that the import is timed with the files in the page cache (as on the
+    machine that just wrote or copied them), not by how many of them the disk still has to fetch:
+    after a day of runs, each writing ~8 GB of store, 17,905 of the million files were out of the page
+    cache (`fincore`), and imports took 50-75 s instead of 43-52. Returns the seconds taken."""
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        sum(pool.map(_read_class, [str(folder / c) for c in CLASSES]))
+    return time.perf_counter() - t0
+
+
+def decode_probe(folder: Path, n: int = 5000) -> float:
+    """CPU microseconds to read, decode and hash one PNG here, in one process (the import's per-file work):
+    this VM's speed drifts by a third over a day (42-60 us for the same files), so each run says where
+    it stood."""
+    from pipeline.data.ingest import prepare_file
+
+    paths = sorted(str(p) for p in (folder / CLASSES[0]).iterdir())[:n]
+    t0 = time.process_time()
+    for path in paths:
+        prepare_file(path)
+    return (time.process_time() - t0) / len(paths) * 1e6
+
+
 def run_import(folder: Path, data_dir: Path, *, n: int) -> dict:
     """`python -m pipeline import --source folder --all` as a user runs it, timed end to end."""
     env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
@@ -311,6 +344,8 @@ def main() -> None:
 
     try:
         out = {"bench": "store", "n": args.n, "pngs_written_s": round(make_pngs(images, n=args.n), 1)}
+        out["pngs_read_before_s"] = round(warm_page_cache(images), 1)
+        out["decode_probe_us_per_png"] = round(decode_probe(images), 1)
         out["import"] = run_import(images, data_dir, n=args.n)
         engine = init_store(url)
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from db.engine import (
 )
 from db.models import Image, Review, ReviewState, SourceKind
 from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
-from pipeline.data.ingest import READ_SIZE, prepare_file, prepare_files, read_file
+from pipeline.data.ingest import READ_SIZE, prepare_file, read_file
 from pipeline.data.sources import ImportSource, balanced_order, candidates_for, import_images
 from tests.conftest import BACKENDS, BUNDLED, both_backends
 
@@ -398,21 +398,6 @@ def test_a_new_sqlite_store_has_8_kib_pages_and_an_old_one_keeps_its_own(tmp_pat
         summary = import_images(engine, source=ImportSource.bundled, n_per_class=2, workers=0)
         assert summary.added == 20
     assert PAGE_SIZE == 8192
-
-
-def test_a_chunk_comes_back_from_a_worker_as_the_files_it_read(tmp_path):
-    """What crosses the process boundary (one PreparedChunk a chunk) gives back, in order, what
-    prepare_file gives for each file, unreadable ones included; and it pickles as itself."""
-    import pickle
-
-    paths = [str(p) for p in sorted((BUNDLED / "cat").glob("*.png"))[:5]]
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    paths.insert(2, str(tmp_path / "broken.png"))
-    chunk = prepare_files(paths)
-    again = pickle.loads(pickle.dumps(chunk))
-    assert list(again) == list(chunk) == [prepare_file(p) for p in paths]
-    assert len(chunk) == 6 and list(chunk)[2].png is None
-    assert all(len(p.content_hash) == 64 for i, p in enumerate(chunk) if i != 2)
 
 
 def test_an_error_while_writing_a_batch_stops_the_import_and_keeps_the_batches_before(tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from PIL import Image as PILImage
@@ -78,58 +77,6 @@ def prepare_file(path: str) -> Prepared:
         return prepare_image(image)
     except UNREADABLE:
         return Prepared(None)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedChunk:
-    """A chunk of prepared files in the few objects a worker sends back: the PNGs end to end, and
-    per file where its PNG ends, its size (0 x 0: unreadable) and its hash (64 hex digits, or 64
-    spaces). Pickling 250 Prepared tuples and unpickling them in the importing process cost ~6 us a
-    file; this costs a fraction of that. Iterating gives the Prepared tuples back, in order."""
-
-    blob: bytes
-    ends: list[int]
-    widths: list[int]
-    heights: list[int]
-    hashes: str
-
-    def __iter__(self) -> Iterator[Prepared]:
-        start = 0
-        for i, end in enumerate(self.ends):
-            width = self.widths[i]
-            if width:
-                yield Prepared(self.blob[start:end], width, self.heights[i], self.hashes[64 * i:64 * i + 64])
-            else:
-                yield Prepared(None)
-            start = end
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-
-_NO_HASH = " " * 64
-
-
-def prepare_files(paths: list[str]) -> PreparedChunk:
-    """One chunk of files (what a worker process runs)."""
-    pngs, ends, widths, heights, hashes, end = [], [], [], [], [], 0
-    for path in paths:
-        png, width, height, content_hash = prepare_file(path)
-        if png is None:
-            width = height = 0
-            content_hash = _NO_HASH
-        else:
-            pngs.append(png)
-            end += len(png)
-        ends.append(end)
-        widths.append(width)
-        heights.append(height)
-        hashes.append(content_hash)
-    return PreparedChunk(b"".join(pngs), ends, widths, heights, "".join(hashes))
-
-
-CHUNK = 250
-"""Files decoded at a time (one PreparedChunk)."""
 
 
 def default_workers() -> int:
@@ -282,11 +229,9 @@ def write_batch_to(conn: Connection, turns: Turns | None, batch: Batch) -> bytes
     try:
         codes = bytearray(len(batch.keys))
         rows, at = [], []
-        paths = [p for p in batch.paths if p is not None]
-        decoded = iter([p for start in range(0, len(paths), CHUNK) for p in prepare_files(paths[start:start + CHUNK])])
         preloaded = iter(batch.preloaded)
         for i, (key, path) in enumerate(zip(batch.keys, batch.paths, strict=True)):
-            image = next(decoded) if path is not None else next(preloaded)
+            image = prepare_file(path) if path is not None else next(preloaded)
             if image.png is None:
                 codes[i] = UNREADABLE_FILE
                 continue

@@ -4,6 +4,7 @@ the fast PNG path hashes and stores what the upload decoder would; the bulk inse
 adding images one by one stores."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -188,6 +189,41 @@ def test_a_killed_import_resumes_without_duplicates(tmp_path):
         reviews = conn.execute("SELECT count(DISTINCT image_id) FROM review").fetchone()[0]
     assert len(keys) == len(set(keys)) == len(hashes) == reviews == n
     assert set(keys) == {f"{root.resolve().as_posix()}/{p.parent.name}/{p.name}" for p in root.rglob("*.png")}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
+def test_ctrl_c_stops_a_parallel_import_at_whole_batches_and_leaves_no_processes(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: the import and its writer processes) ends the
+    import within seconds, with every committed batch whole and no writer left waiting for its turn;
+    a re-run then adds the rest."""
+    n = 3000
+    root, data = tmp_path / "src", tmp_path / "data"
+    write_pngs(root, n)
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
+           "--batch-size", "50", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True,  # its own group, as a terminal's foreground job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 600
+    while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    writers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        assert proc.wait(timeout=60) != 0, "the import finished before Ctrl-C"
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in writers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(writers) >= 2 and not [p for p in writers if _alive(p)]
+    finally:  # whatever the outcome, leave nothing running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    images, reviews = count_rows(data / "studio.db")
+    assert 100 <= images < n and images == reviews and images % 50 == 0  # whole batches of 50 only
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert f"added {n - images}, already present {images}, unreadable files skipped 0" in done.stdout
 
 
 def test_a_rerun_skips_stored_paths_without_reading_them(store, tmp_path):

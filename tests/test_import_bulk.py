@@ -498,3 +498,18 @@ def test_parallel_writers_store_in_path_order(tmp_path):
         engine.dispose()
     assert rows[0] == rows[1]
     assert [k for _, k, _ in rows[1]] == sorted(k for _, k, _ in rows[1])  # cat/00000 ... dog/01199
+
+
+@both_backends
+def test_parallel_writers_on_each_backend_store_every_file_once_in_path_order(store, tmp_path, backend):
+    """Two writer processes open the store by its URL (PostgreSQL: with its password) and write their
+    batches in path order: on SQLite the turn passes once the write lock is held, on PostgreSQL after the
+    commit; the ids follow the paths either way."""
+    root = tmp_path / "src"
+    write_pngs(root, 600)
+    summary = import_images(store, source=ImportSource.folder, path=root, n_per_class=None, workers=2, batch_size=40)
+    assert (summary.added, summary.existing, summary.corrupt) == (600, 0, 0)
+    with session_scope(store) as s:
+        keys = list(s.exec(select(Image.source_key).order_by(Image.id)).all())
+        reviews = len(s.exec(select(Review)).all())
+    assert keys == sorted(keys) and len(set(keys)) == 600 == reviews

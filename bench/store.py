@@ -73,12 +73,9 @@ def make_pngs(folder: Path, *, n: int) -> float:
 
 
 def _read_class(folder: str) -> int:
-    total = 0
-    for entry in os.scandir(folder):
-        if entry.is_file():
-            with open(entry.path, "rb") as f:
-                total += len(f.read())
-    return total
+    from pipeline.data.ingest import read_file
+
+    return sum(len(read_file(entry.path)) for entry in os.scandir(folder) if entry.is_file())
 
 
 def warm_page_cache(folder: Path) -> float:

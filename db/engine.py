@@ -13,14 +13,16 @@ from sqlmodel import Session, create_engine
 from db.storefiles import record_opened_files, watch_store_files
 
 
-def _sqlite_file(url: str) -> Path | None:
-    path = url.split("///", 1)[1] if url.startswith("sqlite") and "///" in url else ""
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (its query dropped); None for an in-memory store, a `file:` URI or another
+    database."""
+    path = url.split("?", 1)[0].split("///", 1)[1] if url.startswith("sqlite") and "///" in url else ""
     return Path(path) if path and path != ":memory:" and not path.startswith("file:") else None
 
 
 def _ensure_sqlite_folder(url: str) -> None:
     """The folder of a SQLite store; a store that does not exist yet is created with PAGE_SIZE pages."""
-    path = _sqlite_file(url.split("?", 1)[0])
+    path = sqlite_file(url)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        if (path := _sqlite_file(url)) is not None:
+        if (path := sqlite_file(url)) is not None:
             # before the WAL pragma below: a -wal deleted under this process is rescued first
             watch_store_files(engine, path)
 
@@ -101,8 +103,8 @@ def lock_row(session: Session, model, key):
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on error."""
+def session_scope(engine: Engine | Connection) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error (on a connection: its transaction)."""
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session

@@ -23,10 +23,9 @@ from typing import NamedTuple, TypeVar
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
 
 from db.catalog import NewImage, add_images
-from db.engine import bulk_writes, make_engine
+from db.engine import bulk_writes, make_engine, session_scope
 from db.models import SourceKind
 from pipeline.data.images import MAX_UPLOAD_BYTES, decode_file, pixel_hash, plain_png, to_png
 
@@ -239,17 +238,12 @@ def write_batch_to(conn: Connection, turns: Turns | None, batch: Batch) -> bytes
             at.append(i)
         if turns is not None:
             turns.wait(batch.seq)
-        with Session(bind=conn, expire_on_commit=False) as session:
-            try:
-                session.connection()  # begins the transaction (SQLite: takes the write lock)
-                if turns is not None and conn.dialect.name == "sqlite":
-                    turns.done(batch.seq)
-                    passed = True
-                created = add_images(session, source_kind=batch.source_kind, images=rows) if rows else []
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with session_scope(conn) as session:
+            session.connection()  # begins the transaction (SQLite: takes the write lock)
+            if turns is not None and conn.dialect.name == "sqlite":
+                turns.done(batch.seq)
+                passed = True
+            created = add_images(session, source_kind=batch.source_kind, images=rows) if rows else []
     except Exception as exc:
         if turns is not None and not isinstance(exc, BatchCancelled):
             if not passed:  # the batches before this one are still written (after it, at most the next)

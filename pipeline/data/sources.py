@@ -25,7 +25,7 @@ from PIL import Image as PILImage
 from sqlalchemy.engine import Engine
 
 from db.catalog import stored_source_keys, stored_source_keys_under
-from db.engine import bulk_writes, session_scope
+from db.engine import bulk_writes, session_scope, sqlite_file
 from db.models import SourceKind
 from db.tally import fold
 from pipeline.data.images import IMAGE_SUFFIXES, UploadError
@@ -268,12 +268,12 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
     total = sum(sizes) if n_per_class is None else sum(min(n_per_class, n) for n in sizes)
     if workers is None:
         workers = default_workers() if total >= PARALLEL_FROM else 0
-    if workers and engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+    url = engine.url.render_as_string(hide_password=False)
+    if workers and engine.dialect.name == "sqlite" and sqlite_file(url) is None:
         workers = 0  # an in-memory store: other processes cannot open it
     if workers:  # enough batches that every writer has work, each at most batch_size
         batch_size = min(batch_size, max(MIN_BATCH, -(-total // (2 * workers))))
     run = _Run(engine, source=source, total=total, on_progress=on_progress, batch_size=batch_size)
-    url = engine.url.render_as_string(hide_password=False)
     with _heap_frozen(), ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, \
             contextlib.ExitStack() as stack:
         executor, turns = make_executor(workers, url=url)

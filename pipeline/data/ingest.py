@@ -173,7 +173,8 @@ class Turns:
 
     def done(self, seq: int) -> None:
         with self.cond:
-            self.next.value = seq + 1
+            if self.next.value >= 0:  # a cancel stays: the batches it dropped leave gaps no turn can cross
+                self.next.value = seq + 1
             self.cond.notify_all()
 
     def cancel(self) -> None:
@@ -204,6 +205,10 @@ _WRITER: dict = {}
 
 def _start_writer(parent: int | None, url: str, turns: Turns) -> None:
     die_with_parent(parent)
+    # Ctrl-C reaches the whole process group; only the importing process acts on it (Turns.cancel): a writer
+    # interrupted inside the shared condition's wait would leave it unbalanced, and every later notify
+    # (the cancel itself) would block for ever. A writer ends at its batch's turn (BatchCancelled).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WRITER.update(url=url, turns=turns)
 
 

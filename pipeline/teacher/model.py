@@ -18,7 +18,7 @@ import torch
 from PIL import Image as PILImage
 
 from pipeline.generation import TOKENIZER_LOCK, GenerationConfig
-from pipeline.hardware import cpu_has_bf16, resolve_device
+from pipeline.hardware import cpu_has_bf16, keep_freed_memory, resolve_device
 from pipeline.settings import TEACHER_BATCH_SIZE
 from pipeline.tiny import is_tiny_model
 
@@ -135,6 +135,16 @@ def load_teacher(model: str, *, device: str = "auto", dtype: str = "auto") -> Te
     net = net.to(device).eval()
     return Teacher(model=net, processor=processor, model_id=str(model), revision=_revision(model, net),
                    device=device, dtype=dtype, tiny=is_tiny_model(model))
+
+
+def prepare_long_run(teacher: Teacher) -> Teacher:
+    """Set this process up for a long captioning run (the drafting job, a Ray worker, the bench's
+    default row): on the CPU, glibc keeps freed memory for reuse (`hardware.keep_freed_memory`),
+    which spares the page faults of re-allocating the vision tower's activations every layer. The
+    captions are the same; the process holds on to its peak memory until it exits."""
+    if teacher.device == "cpu":
+        keep_freed_memory()
+    return teacher
 
 
 def _from_pretrained(model: str, dtype: str, *, local_only: bool):

@@ -70,10 +70,10 @@ class TeacherCaptioner:
         import torch
 
         from pipeline.generation import GenerationConfig
-        from pipeline.teacher.model import load_teacher
+        from pipeline.teacher.model import load_teacher, prepare_long_run
 
         torch.set_num_threads(threads)
-        self.teacher = load_teacher(model, device=device, dtype=dtype)
+        self.teacher = prepare_long_run(load_teacher(model, device=device, dtype=dtype))
         self.prompt, self.params, self.batch_size = prompt, GenerationConfig(**params), batch_size
 
     def __call__(self, batch: dict) -> dict:

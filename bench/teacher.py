@@ -161,7 +161,7 @@ def machine() -> dict:
 def run_row(name: str, plan: CaptionPlan, images: list, *, one_tile: bool, params, folder: Path,
             reference: list | None = None, naive: bool = False) -> tuple[dict, list, Teacher]:
     teacher = load_teacher(str(folder), device=plan.device, dtype=plan.dtype)
-    if not naive:  # as the drafting job does (run_captioning); the naive row runs first, without it
+    if not naive:  # as the drafting job does (`pipeline caption`); the naive row runs first, without it
         prepare_long_run(teacher)
     caption_timed(teacher, images[:1], batch=1, one_tile=True, params=replace(params, max_new_tokens=2))  # warm-up
     secs, cpu_secs, ids = caption_timed(teacher, images, batch=plan.batch_size, one_tile=one_tile, params=params)

@@ -182,7 +182,7 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
     Returns the CaptionSummary, or None when the job was cancelled (finished batches are kept)."""
     from pipeline.jobs import JobReporter
     from pipeline.teacher.drafting import run_captioning
-    from pipeline.teacher.model import load_teacher
+    from pipeline.teacher.model import load_teacher, prepare_long_run
 
     engine, summary = open_store(settings), None
     try:
@@ -191,7 +191,7 @@ def _run_caption_job(settings: Settings, request, *, model: str, device: str, dt
                 summary = _run_on_ray(engine, request, reporter, model=model, device=device, dtype=dtype,
                                       options=ray_options)
                 return summary
-            teacher = load_teacher(model, device=device, dtype=dtype)
+            teacher = prepare_long_run(load_teacher(model, device=device, dtype=dtype))  # a process of its own
             note = " (tiny random test model: captions are noise)" if teacher.tiny else ""
             typer.echo(f"teacher {model} on {teacher.device} in {teacher.dtype}{note}")
             with tqdm(desc="captioning", unit="img") as bar:

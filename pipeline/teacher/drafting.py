@@ -27,7 +27,6 @@ from pipeline.teacher.model import (
     Teacher,
     caption_plan,
     generate_batch,
-    prepare_long_run,
     provenance,
 )
 
@@ -120,7 +119,6 @@ def run_captioning(engine: Engine, teacher: Teacher, request: CaptionRequest, *,
                    on_progress: Callable[[int, int], None] | None = None) -> CaptionSummary:
     """Draft captions for the images that need one; each batch is committed on its own."""
     ids = list(request.image_ids) if request.image_ids is not None else None
-    prepare_long_run(teacher)
     with session_scope(engine) as s:
         todo = _missing(s, request, teacher.model_id, ids, request.limit)
     t0, written = time.perf_counter(), 0

@@ -138,10 +138,12 @@ def load_teacher(model: str, *, device: str = "auto", dtype: str = "auto") -> Te
 
 
 def prepare_long_run(teacher: Teacher) -> Teacher:
-    """Set this process up for a long captioning run (the drafting job, a Ray worker, the bench's
-    default row): on the CPU, glibc keeps freed memory for reuse (`hardware.keep_freed_memory`),
-    which spares the page faults of re-allocating the vision tower's activations every layer. The
-    captions are the same; the process holds on to its peak memory until it exits."""
+    """Set this process up for a long captioning run. Only for a process that exists to caption
+    (the drafting job `python -m pipeline caption`, which the app starts as one; a Ray worker; the
+    bench's default row), never a server or a test process: on the CPU, glibc keeps freed memory for
+    reuse (`hardware.keep_freed_memory`), which spares the page faults of re-allocating the vision
+    tower's activations every layer. The captions are the same; the process holds on to its peak
+    memory until it exits."""
     if teacher.device == "cpu":
         keep_freed_memory()
     return teacher

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.hardware import cpu
+from pipeline.hardware import CpuCapabilities, cpu, limit_cpu
 
 log = logging.getLogger(__name__)
 NAME = "capstudio_kernels"
@@ -35,9 +35,9 @@ CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fope
 ATTR = "capstudio_kernels"  # the attribute of a model's attention modules that holds its kernels
 
 
-def cpu_reason() -> str | None:
-    """Why this CPU cannot run the kernels, or None if it can."""
-    c = cpu()
+def cpu_reason(caps: CpuCapabilities | None = None) -> str | None:
+    """Why this CPU (or `caps`: it limited by Settings.cpu_path) cannot run the kernels, or None if it can."""
+    c = cpu() if caps is None else caps
     if not c.is_x86_64:
         return f"{c.machine} is not x86-64"
     if not (c.avx512 and c.avx512_bf16):
@@ -166,8 +166,9 @@ def main() -> int:
     if not Settings().native_kernels:
         print("native kernels: off (CAPSTUDIO_NATIVE_KERNELS=0)")
         return 0
-    if cpu_reason() is not None:
-        print(f"native kernels: not built ({cpu_reason()}); decoding uses bitsandbytes' and torch's ops")
+    reason = cpu_reason(limit_cpu(cpu(), Settings().cpu_path))  # CAPSTUDIO_CPU_PATH=AVX2: an AVX2 CPU's setup
+    if reason is not None:
+        print(f"native kernels: not built ({reason}); decoding uses bitsandbytes' and torch's ops")
         return 0
     try:
         print(f"native kernels: built {build()}")

@@ -201,10 +201,9 @@ def load_student(
         lm = base = dequantise_merged(lm, dense) if cfg.quantize_4bit else lm.merge_and_unload().to(dense)
     if device == "cpu":  # float32 attention: faster than sdpa's flash kernel for decoding (nf4-sdpa row)
         from pipeline.student.attention import register
-        from pipeline.student.kernels import attach_kernels, load_kernels
+        from pipeline.student.kernels import attach_kernels, cpu_reason, load_kernels
 
-        caps = limit_cpu(cpu(), cpu_path)
-        native = native_kernels and caps.avx512 and caps.avx512_bf16  # what the kernels need
+        native = native_kernels and cpu_reason(limit_cpu(cpu(), cpu_path)) is None
         base.set_attn_implementation(register())
         attach_kernels(base, load_kernels() if native else None)
     projector = build_projector(cfg, base.config.hidden_size)  # student.json without `projector`: mlp

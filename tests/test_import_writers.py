@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlmodel import select
 
 from db.engine import init_store, session_scope
 from db.models import Image, Review
+from pipeline.data.ingest import stop_between_batches
 from pipeline.data.sources import ImportSource, import_images
 from tests.conftest import both_backends
 from tests.test_import_bulk import write_pngs
@@ -81,16 +83,19 @@ def test_ctrl_c_stops_a_parallel_import_at_whole_batches_and_leaves_no_processes
     env.pop("CAPSTUDIO_DATABASE_URL", None)
     cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
            "--batch-size", "50", "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,  # its own group, as a terminal's foreground job
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stderr = tmp_path / "stderr.txt"
+    env["PYTHONFAULTHANDLER"] = "1"  # should it hang: SIGABRT prints where each of its threads waits
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True,  # its own group, as a terminal's foreground job
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     while count_rows(data / "studio.db")[0] < 100 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     writers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        assert proc.wait(timeout=60) != 0, "the import finished before Ctrl-C"
+        assert _wait_or_dump(proc, stderr, timeout=60) != 0, "the import finished before Ctrl-C"
         deadline = time.monotonic() + 30
         while any(_alive(p) for p in writers) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -101,6 +106,73 @@ def test_ctrl_c_stops_a_parallel_import_at_whole_batches_and_leaves_no_processes
     images, reviews = count_rows(data / "studio.db")
     assert 100 <= images < n and images == reviews and images % 50 == 0  # whole batches of 50 only
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert f"added {n - images}, already present {images}, unreadable files skipped 0" in done.stdout
+
+
+def _wait_or_dump(proc: subprocess.Popen, stderr: Path, *, timeout: float) -> int:
+    """proc's exit status; if it is still running after `timeout` s, a failure that shows its threads'
+    stacks (SIGABRT with PYTHONFAULTHANDLER set) and the end of what it printed."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        pytest.fail(f"still running {timeout} s after Ctrl-C:\n{stderr.read_text(errors='replace')[-6000:]}")
+
+
+def test_the_first_ctrl_c_asks_the_import_to_stop_and_the_second_interrupts_at_once():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # asked and never checked: still ends as interrupted
+        with stop_between_batches() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.requested  # the first only asks: nothing raised here
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    with stop_between_batches() as stop:
+        pass
+    assert not stop.requested
+
+    seen = []  # in another thread (the app's) it cannot and does not touch the signal handler
+    def in_a_thread():
+        with stop_between_batches():
+            seen.append(signal.getsignal(signal.SIGINT))
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert seen == [signal.default_int_handler]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
+def test_ctrl_c_while_the_writers_are_forked_is_not_lost(tmp_path):
+    """Ctrl-C landing while the import forks its writer processes (here: sent from inside the fork, by an
+    at-fork hook) stops the import like any other: Python used to raise it inside logging's at-fork hook,
+    print "Exception ignored" and go on importing to the end."""
+    n = 1000
+    root, data = tmp_path / "src", tmp_path / "data"
+    write_pngs(root, n)
+    launcher = tmp_path / "ctrl_c_at_fork.py"
+    launcher.write_text(
+        "import os, runpy, signal, sys\n"
+        "sent = []\n"
+        "def ctrl_c():  # once, in the importing process, as the first writer is forked\n"
+        "    if not sent:\n"
+        "        sent.append(os.kill(os.getpid(), signal.SIGINT))\n"
+        "os.register_at_fork(after_in_parent=ctrl_c)\n"
+        "sys.argv[0] = 'pipeline'\n"
+        "runpy.run_module('pipeline', run_name='__main__')\n")
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    args = ["import", "--source", "folder", "--path", str(root), "--all", "--batch-size", "50", "--workers", "2"]
+    stopped = subprocess.run([sys.executable, str(launcher), *args], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert stopped.returncode != 0 and "Exception ignored" not in stopped.stderr, stopped.stdout + stopped.stderr
+    assert "import stopped (Ctrl-C)" in stopped.stderr
+    images, reviews = count_rows(data / "studio.db")
+    assert images < n and images == reviews and images % 50 == 0
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
     assert f"added {n - images}, already present {images}, unreadable files skipped 0" in done.stdout
 
 

@@ -96,6 +96,10 @@ def import_(
     except SourceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        typer.echo("import stopped (Ctrl-C): every batch written is whole; run the same command again to add "
+                   "the rest", err=True)
+        raise typer.Exit(130) from None
     finally:
         engine.dispose()
     typer.echo(f"added {summary.added}, already present {summary.existing}, "

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 from PIL import Image as PILImage
@@ -149,6 +150,47 @@ def ordered_map(executor: Executor, fn: Callable, items: Iterable[T], *, payload
             return
         item, future = pending.popleft()
         yield item, future.result()
+
+
+class StopRequest:
+    """Whether Ctrl-C asked the import to stop; `check()` raises KeyboardInterrupt once it has."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def stop_between_batches() -> Iterator[StopRequest]:
+    """While an import runs in the main thread, the first Ctrl-C only asks it to stop (the import checks
+    the request between batches and raises KeyboardInterrupt there); a second one interrupts at once.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be, and some places swallow it
+    or are left half done: at the fork of the writer processes it surfaced inside logging's at-fork hook,
+    was printed as "Exception ignored" and lost (the import went on to the end, logging's lock left held),
+    and inside the process pool's or a future's bookkeeping it can leave the pool waiting for ever. A
+    Ctrl-C that comes after the last check still ends the import as interrupted. Elsewhere (a thread of
+    the app, or a caller with its own SIGINT handler) nothing changes."""
+    stop = StopRequest()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield stop
+        return
+
+    def request(signum, frame) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    stop.check()
 
 
 class BatchCancelled(RuntimeError):

@@ -35,10 +35,12 @@ from pipeline.data.ingest import (
     UNREADABLE_FILE,
     Batch,
     Prepared,
+    StopRequest,
     default_workers,
     make_executor,
     ordered_map,
     prepare_image,
+    stop_between_batches,
     write_batch,
     write_batch_to,
 )
@@ -273,9 +275,9 @@ def import_images(engine: Engine, *, source: ImportSource, n_per_class: int | No
         workers = 0  # an in-memory store: other processes cannot open it
     if workers:  # enough batches that every writer has work, each at most batch_size
         batch_size = min(batch_size, max(MIN_BATCH, -(-total // (2 * workers))))
-    run = _Run(engine, source=source, total=total, on_progress=on_progress, batch_size=batch_size)
-    with _heap_frozen(), ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, \
-            contextlib.ExitStack() as stack:
+    with stop_between_batches() as stop, _heap_frozen(), \
+            ThreadPoolExecutor(1, thread_name_prefix="import-list") as lister, contextlib.ExitStack() as stack:
+        run = _Run(engine, source=source, total=total, on_progress=on_progress, batch_size=batch_size, stop=stop)
         executor, turns = make_executor(workers, url=url)
         stack.enter_context(executor)
         if turns is None:  # written here, in order, through one bulk connection
@@ -332,9 +334,9 @@ class _Run:
     the rest go out in batches of one class, and each batch's outcome comes back in order."""
 
     def __init__(self, engine: Engine, *, source: ImportSource, total: int, batch_size: int,
-                 on_progress: Callable[[int, int], None] | None):
+                 on_progress: Callable[[int, int], None] | None, stop: StopRequest):
         self.engine, self.source, self.total, self.batch_size = engine, source, total, batch_size
-        self.on_progress = on_progress
+        self.on_progress, self.stop = on_progress, stop
         self.summary, self.taken, self.seq = ImportSummary(), 0, 0
 
     def batches(self, label: str, items: list[Candidate]) -> Iterator[tuple[Batch, int]]:
@@ -367,6 +369,7 @@ class _Run:
         """Write `batches` (at most `in_flight` out at once); returns the images taken (added, or
         already stored by path or by picture)."""
         before = self.taken
+        self.stop.check()
         for (batch, known), codes in ordered_map(executor, write, batches, payload=itemgetter(0),
                                                  in_flight=in_flight):
             self._count_known(known)
@@ -381,6 +384,7 @@ class _Run:
                 self.summary.per_class[batch.label] += added
                 self.taken += 1
             self.progress()
+            self.stop.check()  # Ctrl-C: the batches still out give up at their turn (Turns.cancel)
         return self.taken - before
 
     def write_sample(self, executor, write, label: str, items: list[Candidate], *, quota: int,

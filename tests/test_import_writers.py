@@ -35,13 +35,20 @@ def count_rows(db: Path) -> tuple[int, int]:
         return 0, 0
 
 
+def import_command(root: Path, data: Path, *, workers: int) -> tuple[dict, list[str]]:
+    """The environment and arguments of `python -m pipeline import --all` of `root` into the SQLite store
+    in `data`, in batches of 50 by `workers` writer processes."""
+    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("CAPSTUDIO_DATABASE_URL", None)
+    return env, ["import", "--source", "folder", "--path", str(root), "--all", "--batch-size", "50",
+                 "--workers", str(workers)]
+
+
 def import_until_100_rows(root: Path, data: Path, *, workers: int, output) -> tuple[subprocess.Popen, dict, list]:
     """`python -m pipeline import` of `root` into `data`, started and left running once 100 images are stored
     (or it ended, or 600 s passed); returns the process, its environment and its command line."""
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
-           "--batch-size", "50", "--workers", str(workers)]
+    env, args = import_command(root, data, workers=workers)
+    cmd = [sys.executable, "-m", "pipeline", *args]
     stderr = subprocess.STDOUT if output == subprocess.PIPE else output
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=output, stderr=stderr)
     deadline = time.monotonic() + 600
@@ -79,10 +86,8 @@ def test_ctrl_c_stops_a_parallel_import_at_whole_batches_and_leaves_no_processes
     n = 3000
     root, data = tmp_path / "src", tmp_path / "data"
     write_pngs(root, n)
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "pipeline", "import", "--source", "folder", "--path", str(root), "--all",
-           "--batch-size", "50", "--workers", "2"]
+    env, args = import_command(root, data, workers=2)
+    cmd = [sys.executable, "-m", "pipeline", *args]
     stderr = tmp_path / "stderr.txt"
     env["PYTHONFAULTHANDLER"] = "1"  # should it hang: SIGABRT prints where each of its threads waits
     with stderr.open("w") as err:
@@ -162,9 +167,7 @@ def test_ctrl_c_while_the_writers_are_forked_is_not_lost(tmp_path):
         "os.register_at_fork(after_in_parent=ctrl_c)\n"
         "sys.argv[0] = 'pipeline'\n"
         "runpy.run_module('pipeline', run_name='__main__')\n")
-    env = {**os.environ, "CAPSTUDIO_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("CAPSTUDIO_DATABASE_URL", None)
-    args = ["import", "--source", "folder", "--path", str(root), "--all", "--batch-size", "50", "--workers", "2"]
+    env, args = import_command(root, data, workers=2)
     stopped = subprocess.run([sys.executable, str(launcher), *args], env=env, cwd=REPO, capture_output=True,
                              text=True, timeout=600)
     assert stopped.returncode != 0 and "Exception ignored" not in stopped.stderr, stopped.stdout + stopped.stderr

@@ -103,6 +103,7 @@ def test_the_dense_base_frees_each_4bit_layer_as_it_goes(memorised_student, monk
     assert all(r() is None for r in alive) and next(dense.parameters()).dtype == torch.float32
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="no /proc/self/maps to read the memory maps from")
 def test_a_loaded_4bit_base_keeps_no_map_of_its_bf16_checkpoint(tiny_phi3):
     """The embeddings, LM head and norms are copied out of the checkpoint's memory map, so it
     closes: its pages (7.6 GB for Phi-3-mini, all read while quantising) leave this process's RSS."""
@@ -110,8 +111,6 @@ def test_a_loaded_4bit_base_keeps_no_map_of_its_bf16_checkpoint(tiny_phi3):
 
     from pipeline.student.loader import load_base
 
-    if not Path("/proc/self/maps").is_file():
-        pytest.skip("no /proc/self/maps to read the memory maps from")
     model = load_base(str(tiny_phi3), quantize_4bit=True, dtype=torch.bfloat16)
     mapped = [line for line in open("/proc/self/maps") if str(tiny_phi3) in line and "safetensors" in line]
     assert mapped == [] and model.get_input_embeddings().weight.dtype == torch.bfloat16

@@ -14,6 +14,7 @@ import torch
 
 from pipeline.student.config import GenerationConfig
 from pipeline.student.generate import generate_ids, hf_generate
+from pipeline.student.kernels import unavailable_reason
 from pipeline.student.loader import load_student
 from tests.conftest_student import cifar20_records
 
@@ -35,21 +36,24 @@ def _packed(n: int, k: int, seed: int):
     return bf._convert_weight_packed_for_cpu(q, qs)
 
 
-def _native_or_skip():
-    from pipeline.student.kernels import load_kernels, unavailable_reason
+NATIVE_UNAVAILABLE = unavailable_reason()
+needs_native_kernels = pytest.mark.skipif(  # another CPU, or not built: decoding falls back (tested below)
+    NATIVE_UNAVAILABLE is not None, reason=f"native kernels not available: {NATIVE_UNAVAILABLE}")
 
-    reason = unavailable_reason()
-    if reason is not None:  # another CPU, or not built: decoding falls back (tested below)
-        pytest.skip(f"native kernels not available: {reason}")
+
+def _native():
+    from pipeline.student.kernels import load_kernels
+
     ext = load_kernels()
     assert ext is not None, "built for this machine, so it must load"
     return ext
 
 
+@needs_native_kernels
 def test_native_nf4_kernel_equals_bitsandbytes_bit_for_bit():
     from pipeline.student.kernels import nf4_gemv_agrees, nf4_lut
 
-    ext = _native_or_skip()
+    ext = _native()
     for n, k in ((96, 128), (3072, 3072), (224, 8192)):  # 96 and 224: odd tile counts
         w, qs = _packed(n, k, seed=n)
         lut = nf4_lut(qs.code)
@@ -171,6 +175,7 @@ def test_decode_attention_matches_float32_math():
         assert _close_to_float32_math(out, q, k, v, d), (b, h, hkv, t, d)
 
 
+@needs_native_kernels
 def test_native_attention_kernel_matches_float32_math():
     """The same with the native one-token kernel (csrc/attention.cpp), as a loaded model runs it."""
     import torch.nn as nn
@@ -178,7 +183,7 @@ def test_native_attention_kernel_matches_float32_math():
     from pipeline.student.attention import cpu_attention
     from pipeline.student.kernels import ATTR
 
-    ext = _native_or_skip()
+    ext = _native()
     module = nn.Module()
     setattr(module, ATTR, ext)
     torch.manual_seed(0)

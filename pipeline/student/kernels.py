@@ -36,7 +36,7 @@ ATTR = "capstudio_kernels"  # the attribute of a model's attention modules that 
 
 
 def cpu_reason(caps: CpuCapabilities | None = None) -> str | None:
-    """Why this CPU (or `caps`: it limited by Settings.cpu_path) cannot run the kernels, or None if it can."""
+    """Why this CPU (or `caps`, e.g. this CPU as Settings.cpu_path limits it) cannot run the kernels, or None."""
     c = cpu() if caps is None else caps
     if not c.is_x86_64:
         return f"{c.machine} is not x86-64"
